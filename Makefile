@@ -1,0 +1,34 @@
+# rechat developer targets. Every target builds what it needs from python3 alone.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: run test conformance bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+## run: serve the bundled example sessions offline (no API key, no network)
+run: $(STAMP)
+	$(BIN)/rechat replay sessions/
+
+## test: unit, end-to-end and property tests
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## conformance: openai-python 3.3.1's own suite through `rechat record`, then `rechat replay`
+conformance: $(STAMP)
+	$(BIN)/python tests/conformance/run.py
+
+## bench: side-by-side throughput and latency figures (see docs/performance.md)
+bench: $(STAMP)
+	$(BIN)/python bench/bench_proxy.py
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info
