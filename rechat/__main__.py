@@ -1,0 +1,5 @@
+"""`python -m rechat` runs the command line."""
+
+from rechat.cli import main
+
+main()

@@ -1,0 +1,140 @@
+"""Pure data: a request, its response, and the exchange they form; an answer the store can replay.
+
+Owns the vocabulary shared by every layer. Imports nothing from rechat but `errors`; no I/O.
+An *exchange* is one request and its response (with its SSE events when streamed); an
+*answer* is what a session holds for replay: the recorded (or hand-written) response to one
+request, located by session file and position.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+CHAT_PATH = "/v1/chat/completions"
+
+
+@dataclass(slots=True)
+class Request:
+    """One HTTP request as the client sent it.
+
+    `path` is the client's path (``/v1/chat/completions``), `query` the raw query string without
+    ``?``, `headers` the client's headers in order (secrets included: redact before writing),
+    `body` the raw body bytes.
+    """
+
+    method: str
+    path: str
+    query: str = ""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    _json: Any = field(default=None, repr=False)
+    _json_error: str | None = field(default=None, repr=False)
+    _parsed: bool = field(default=False, repr=False)
+
+    @property
+    def json(self) -> Any:
+        """The body decoded as JSON, or None when it is empty or not JSON (see `json_error`)."""
+        if not self._parsed:
+            self._parsed = True
+            if self.body:
+                try:
+                    self._json = json.loads(self.body)
+                except (ValueError, UnicodeDecodeError) as e:
+                    self._json_error = str(e)
+        return self._json
+
+    @property
+    def json_error(self) -> str | None:
+        """Why the body is not JSON, or None when it is (or is empty)."""
+        self.json
+        return self._json_error
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """Return the first header called `name` (case-insensitive), or `default`."""
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return default
+
+    @property
+    def is_chat(self) -> bool:
+        """True for a chat completion request whose body is a JSON object with a messages list."""
+        j = self.json
+        return (self.method == "POST" and self.path == CHAT_PATH and isinstance(j, dict)
+                and isinstance(j.get("messages"), list))
+
+    @property
+    def wants_stream(self) -> bool:
+        """True when the JSON body asks for ``stream: true``."""
+        j = self.json
+        return isinstance(j, dict) and j.get("stream") is True
+
+
+@dataclass(slots=True)
+class Response:
+    """One HTTP response as the upstream sent it (body already decoded from gzip/br).
+
+    `events` holds the SSE events' data strings in order when the response was an SSE stream
+    (``text/event-stream``), with `event_ms` their arrival times in ms since the request was
+    sent. `ttfb_ms` is the time to the response headers, `total_ms` to the end of the body.
+    """
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    events: list[str] | None = None
+    event_ms: list[float] | None = None
+    ttfb_ms: float = 0.0
+    total_ms: float = 0.0
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """Return the first header called `name` (case-insensitive), or `default`."""
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return default
+
+    @property
+    def json(self) -> Any:
+        """The body decoded as JSON, or None when it is not JSON."""
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+
+@dataclass(slots=True)
+class Exchange:
+    """A request and the response it got from `upstream`, recorded at `recorded_at` (epoch s)."""
+
+    request: Request
+    response: Response
+    upstream: str = ""
+    recorded_at: float = 0.0
+
+
+@dataclass(slots=True)
+class Answer:
+    """A response a session holds for replay.
+
+    For a chat answer, `message` is the assistant message as the session file shows it (edits
+    included) and `meta` the hidden response metadata from the file (id, usage, SSE events...;
+    empty for a hand-written answer). For a generic answer, `status`, `headers` and `body` are
+    the recorded response. `session` is the file's path, `index` the answer's position in it
+    (0-based), `line` the 1-based line of its heading, `recorded_at` epoch s (0 if unknown).
+    """
+
+    session: str
+    index: int
+    line: int
+    kind: str  # "chat" | "generic"
+    message: dict | None = None
+    meta: dict = field(default_factory=dict)
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    recorded_at: float = 0.0
