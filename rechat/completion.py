@@ -412,7 +412,10 @@ def synthesize(completion: dict, include_usage: bool = False, piece_chars: int =
         if content is not None and not isinstance(content, str):
             raise TypeError(f"message content must be str or None, not {type(content).__name__}")
 
-        first: dict[str, Any] = {"role": message.get("role") or "assistant", "content": "" if content is not None else None}
+        first: dict[str, Any] = {
+            "role": message.get("role") or "assistant",
+            "content": None if content is None else "",
+        }
         strings: list[str] = []
         whole: list[str] = []
         for key, value in message.items():
@@ -441,7 +444,11 @@ def synthesize(completion: dict, include_usage: bool = False, piece_chars: int =
             emit(index, {key: message[key]})
 
         for tool_index, call in enumerate(message.get("tool_calls") or ()):
-            delta_call: dict[str, Any] = {"index": tool_index, "id": call.get("id"), "type": call.get("type", "function")}
+            delta_call: dict[str, Any] = {
+                "index": tool_index,
+                "id": call.get("id"),
+                "type": call.get("type", "function"),
+            }
             rest: list[tuple[str, str, str]] = []
             for key, value in call.items():
                 if key in ("id", "type", "index") or not isinstance(value, dict):

@@ -124,7 +124,8 @@ class SSEParser:
         if type(data) is not bytes:
             data = bytes(data)
         partial = self._partial
-        if b"\n" not in data and b"\r" not in data and not (partial and partial[-1].endswith(b"\r")):
+        held_cr = partial and partial[-1].endswith(b"\r")
+        if b"\n" not in data and b"\r" not in data and not held_cr:
             # No line can complete: defer joining so that a long line arriving
             # in many pieces costs O(n), not O(n^2).
             partial.append(data)

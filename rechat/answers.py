@@ -1,0 +1,183 @@
+"""Exchanges into answers, and answers into replies.
+
+Owns the translation between the wire and the session: what of a recorded chat completion
+goes into the markdown (the assistant message) and what into the hidden response comment
+(id, usage, SSE events, timings), and how a stored answer becomes an HTTP reply again:
+the recorded SSE events, a synthesised `chat.completion.chunk` stream, or an assembled
+`chat.completion` (OpenAI API reference, "The chat completion object" and "The chat
+completion chunk object"). Pure: no aiohttp, no I/O.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from rechat import completion as cc
+from rechat.exchange import Answer, Exchange, Request
+from rechat.fingerprint import VOLATILE_FIELDS, digest, normalize_message, redact_headers
+from rechat.sse import DONE, encode_event
+
+# Response headers worth replaying for a generic answer; the rest describe the original
+# connection (date, server, length) or the upstream's internals.
+_DROP_HEADERS = frozenset({
+    "date", "server", "content-length", "transfer-encoding", "connection", "keep-alive",
+    "content-encoding", "set-cookie", "alt-svc", "cf-ray", "cf-cache-status", "strict-transport-security",
+    "x-envoy-upstream-service-time", "via",
+})
+
+
+@dataclass(slots=True)
+class Reply:
+    """An HTTP reply rechat builds itself: `body` whole, or `events` (SSE bytes) in order."""
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    events: list[bytes] | None = None
+
+
+def now_iso() -> str:
+    """Return the current time as ISO 8601 with milliseconds and the UTC offset."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _base_meta(ex: Exchange) -> dict:
+    r = ex.response
+    meta: dict = {"at": now_iso(), "status": r.status}
+    if ex.upstream:
+        meta["upstream"] = ex.upstream
+    meta["ms"] = {"ttfb": round(r.ttfb_ms, 1), "total": round(r.total_ms, 1)}
+    body = ex.request.json
+    if isinstance(body, dict):
+        volatile = {k: body[k] for k in body if k in VOLATILE_FIELDS}
+        if volatile:
+            meta["request"] = volatile
+    return meta
+
+
+def chat_answer(ex: Exchange) -> tuple[dict, dict] | None:
+    """Return (assistant message, hidden meta) for a successful chat exchange, or None.
+
+    None when the response is not a chat completion rechat can read (then the exchange is
+    recorded in the generic form, so it is still on disk). Streamed responses keep their SSE
+    events' data in order (`sse`) and arrival times in ms (`sse_ms`); non-streamed ones keep
+    the completion without the message (`completion`), whose null fields stay in a stub.
+    """
+    r = ex.response
+    meta = _base_meta(ex)
+    if r.events is not None:
+        try:
+            chunks = [json.loads(e) for e in r.events if e != "[DONE]"]
+            full = cc.assemble(chunks)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+        meta["stream"] = True
+        meta["sse"] = r.events
+        if r.event_ms:
+            meta["sse_ms"] = [round(t, 1) for t in r.event_ms]
+    else:
+        full = r.json
+        if not isinstance(full, dict):
+            return None
+        meta["stream"] = False
+        meta["completion"] = full = copy.deepcopy(full)
+    choices = full.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        return None
+    if r.events is None:
+        # Keep only what the markdown does not show (null fields) in the hidden completion.
+        choices[0]["message"] = {k: v for k, v in message.items()
+                                 if k not in normalize_message(message)}
+    shown = normalize_message(message)
+    shown.setdefault("role", "assistant")
+    return shown, meta
+
+
+def generic_meta(ex: Exchange) -> dict:
+    """Return the hidden meta of a generic exchange: status, replayable headers, timings."""
+    meta = _base_meta(ex)
+    meta["headers"] = [[k, v] for k, v in redact_headers(ex.response.headers)
+                       if k.lower() not in _DROP_HEADERS]
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Replies
+
+
+def completion_for(answer: Answer, req: Request) -> dict:
+    """Return the `chat.completion` a chat answer stands for, with the session's message.
+
+    The message always comes from the session file, so a hand-edited answer is what is served;
+    id, created, usage and the rest come from the recording, or are made up for a hand-written
+    answer (id `chatcmpl-rechat-...`, zero usage).
+    """
+    meta = answer.meta
+    if meta.get("sse"):
+        base = cc.assemble([json.loads(e) for e in meta["sse"] if e != "[DONE]"])
+    elif isinstance(meta.get("completion"), dict):
+        base = copy.deepcopy(meta["completion"])
+    else:
+        body = req.json if isinstance(req.json, dict) else {}
+        base = {
+            "id": "chatcmpl-rechat-" + digest(f"{answer.session}#{answer.index}")[:24],
+            "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model") or "rechat",
+            "choices": [{"index": 0, "message": {}, "logprobs": None, "finish_reason": None}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        }
+    choices = base.setdefault("choices", [])
+    if not choices:
+        choices.append({"index": 0, "logprobs": None, "finish_reason": None})
+    c0 = choices[0]
+    msg = answer.message or {}
+    stub = c0.get("message") if isinstance(c0.get("message"), dict) else {}
+    if meta.get("sse"):
+        stub = {k: v for k, v in stub.items() if v is None}
+    c0["message"] = {"role": "assistant", "content": None, **stub, **msg}
+    finish = c0.get("finish_reason")
+    if msg.get("tool_calls"):
+        if finish in (None, "stop"):
+            finish = "tool_calls"
+    elif finish in (None, "tool_calls"):
+        finish = "stop"
+    c0["finish_reason"] = finish
+    return base
+
+
+def _unedited_stream(answer: Answer) -> bool:
+    # A streamed recording replays as recorded unless someone edited the answer in the file.
+    try:
+        full = cc.assemble([json.loads(e) for e in answer.meta["sse"] if e != "[DONE]"])
+        recorded = full["choices"][0]["message"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return False
+    return normalize_message(recorded) == normalize_message(answer.message or {})
+
+
+def chat_reply(answer: Answer, req: Request) -> Reply:
+    """Return the reply to `req` from a chat answer, streamed if `req` asks for it."""
+    if not req.wants_stream:
+        body = json.dumps(completion_for(answer, req), ensure_ascii=False).encode()
+        return Reply(200, [("Content-Type", "application/json")], body)
+    headers = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")]
+    if answer.meta.get("sse") and _unedited_stream(answer):
+        return Reply(200, headers, events=[encode_event(e) for e in answer.meta["sse"]])
+    opts = req.json.get("stream_options") if isinstance(req.json, dict) else None
+    include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+    chunks = cc.synthesize(completion_for(answer, req), include_usage=include_usage)
+    events = [encode_event(json.dumps(c, ensure_ascii=False)) for c in chunks]
+    events.append(DONE)
+    return Reply(200, headers, events=events)
+
+
+def generic_reply(answer: Answer) -> Reply:
+    """Return the recorded reply of a generic answer: status, replayable headers, exact body."""
+    return Reply(answer.status or 200, list(answer.headers), answer.body)

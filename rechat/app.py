@@ -1,0 +1,134 @@
+"""create_app(config): the one place that wires the store, upstream, proxy and watcher.
+
+Owns the aiohttp application: its routes (`/v1/...` to the proxy, `GET /healthz`, an
+OpenAI-shaped 404 elsewhere), the order things start and stop in (load the store before the
+port opens, so `/healthz` answers only when rechat is ready; flush every recording before the
+process ends), and `serve()`, which runs it until SIGINT or SIGTERM. Knows nothing of typer
+or rich: the CLI passes callbacks in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass, field
+from typing import Callable
+
+from aiohttp import web
+
+from rechat import __version__
+from rechat.errors import SessionFormatError, error_body
+from rechat.policy import Mode
+from rechat.proxy import Proxy, ProxyConfig, ProxyEvent
+from rechat.reload import Watcher
+from rechat.store import Store
+from rechat.upstream import Upstream
+
+DEFAULT_UPSTREAM = "https://api.openai.com/v1"
+
+
+@dataclass
+class Config:
+    """Every setting of one rechat process (defaults match the CLI's).
+
+    `sessions` are folders (the first receives new recordings); `timeout_s` bounds connecting
+    to the upstream and each read from it, in seconds; `port` 0 picks a free port.
+    """
+
+    mode: Mode = Mode.SERVE
+    upstream: str | None = DEFAULT_UPSTREAM
+    sessions: list[str] = field(default_factory=lambda: ["sessions"])
+    host: str = "127.0.0.1"
+    port: int = 8910
+    timeout_s: float = 600.0
+    watch: bool = True
+
+
+@dataclass
+class Hooks:
+    """Callbacks from the core to whoever presents it (the console); all optional."""
+
+    on_event: Callable[[ProxyEvent], None] | None = None
+    on_error: Callable[[SessionFormatError], None] | None = None
+    on_reload: Callable[[str], None] | None = None
+    on_progress: Callable[[int, int], None] | None = None
+    on_ready: Callable[["Config", Store, str], None] | None = None
+
+
+STORE = web.AppKey("store", Store)
+PROXY = web.AppKey("proxy", Proxy)
+CONFIG = web.AppKey("config", Config)
+
+
+def create_app(config: Config, hooks: Hooks | None = None) -> web.Application:
+    """Return the aiohttp application for `config`. Raises ConfigError for a bad upstream."""
+    hooks = hooks or Hooks()
+    store = Store(config.sessions, on_error=hooks.on_error)
+    upstream = (Upstream(config.upstream, config.timeout_s)
+                if config.upstream and config.mode is not Mode.REPLAY else None)
+    proxy = Proxy(ProxyConfig(config.mode, upstream), store)
+    if hooks.on_event:
+        proxy.subscribe(hooks.on_event)
+
+    app = web.Application(client_max_size=1 << 30)
+    app[STORE], app[PROXY], app[CONFIG] = store, proxy, config
+
+    async def lifecycle(app: web.Application):
+        await asyncio.to_thread(store.load, hooks.on_progress)
+        if upstream is not None:
+            await upstream.start()
+        watcher = Watcher(store, hooks.on_reload) if config.watch else None
+        if watcher is not None:
+            await watcher.start()
+        yield
+        if watcher is not None:
+            await watcher.close()
+        await store.flush()
+        if upstream is not None:
+            await upstream.close()
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({
+            "status": "ok", "version": __version__, "mode": config.mode.value,
+            "upstream": upstream.base if upstream else None,
+            "sessions": len(store.files), "answers": store.answer_count,
+            "broken_sessions": sorted(store.errors),
+        })
+
+    async def not_found(req: web.Request) -> web.Response:
+        return web.Response(status=404, content_type="application/json", body=error_body(
+            f"rechat serves the OpenAI API under /v1; {req.method} {req.path} is not part of it.",
+            "invalid_request_error", "not_found"))
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_route("*", "/v1", proxy.handle)
+    app.router.add_route("*", "/v1/{tail:.*}", proxy.handle)
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    return app
+
+
+async def serve(config: Config, hooks: Hooks | None = None) -> None:
+    """Run rechat until SIGINT or SIGTERM, then stop cleanly with every session flushed."""
+    hooks = hooks or Hooks()
+    app = create_app(config, hooks)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    await site.start()
+    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+    port = sockets[0].getsockname()[1] if sockets else config.port
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    if hooks.on_ready:
+        hooks.on_ready(config, app[STORE], f"http://{host}:{port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+__all__ = ["Config", "Hooks", "create_app", "serve", "DEFAULT_UPSTREAM"]

@@ -1,0 +1,266 @@
+"""The proxy path: decide, then replay, or forward and record.
+
+Owns the aiohttp request handler for everything under `/v1`. For each request it asks the
+store (when the record mode looks up), takes the action `policy.decide` gives, streams the
+upstream's answer to the client chunk by chunk as it arrives (never buffered whole), and hands
+the finished exchange to the store. It publishes one `ProxyEvent` per request to its
+subscribers (the console, later the web UI); it never imports them.
+
+Failures: an upstream that cannot be reached gives 502, one that times out 504, both in
+OpenAI's error shape; the upstream's own errors pass through as sent. Only complete 2xx
+exchanges are recorded. A client that disconnects mid-stream does not stop the upstream read,
+so the recording is still whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import aiohttp
+from aiohttp import web
+
+from rechat import answers
+from rechat.errors import UpstreamError, UpstreamTimeout, error_body
+from rechat.exchange import Answer, Exchange, Request, Response
+from rechat.fingerprint import request_params
+from rechat.matching import nearest
+from rechat.policy import Action, Mode, decide, looks_up, records
+from rechat.sse import SSEParser
+from rechat.store import Store
+from rechat.upstream import HOP_BY_HOP, Upstream
+
+log = logging.getLogger("rechat")
+
+_NOT_TO_CLIENT = HOP_BY_HOP | {"content-length", "content-encoding"}
+
+
+@dataclass(slots=True)
+class ProxyEvent:
+    """What happened to one request.
+
+    `kind` is "replay", "record" (forwarded and recorded), "forward" (forwarded, not recorded),
+    "miss" (replay mode, nothing matched) or "error" (rechat's own 4xx/5xx). `ms` is the time
+    from the request's arrival to the end of the reply.
+    """
+
+    kind: str
+    request: Request
+    response: Response | None = None
+    answer: Answer | None = None
+    file: str | None = None
+    ms: float = 0.0
+    detail: str = ""
+    position: tuple[int, int] | None = None  # (play position, answers) of a replay
+
+
+@dataclass
+class ProxyConfig:
+    """The proxy's settings. `upstream` may be None in replay mode."""
+
+    mode: Mode = Mode.SERVE
+    upstream: Upstream | None = None
+
+
+class Proxy:
+    """The `/v1` handler: `await proxy.handle(request)`; subscribe to events with `subscribe`."""
+
+    def __init__(self, config: ProxyConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self._subscribers: list[Callable[[ProxyEvent], None]] = []
+
+    def subscribe(self, callback: Callable[[ProxyEvent], None]) -> None:
+        """Call `callback(event)` after each request; exceptions in it are logged, not raised."""
+        self._subscribers.append(callback)
+
+    def _publish(self, event: ProxyEvent) -> None:
+        for cb in self._subscribers:
+            try:
+                cb(event)
+            except Exception:  # a broken subscriber must not break the proxy
+                log.exception("event subscriber failed")
+
+    async def handle(self, wreq: web.Request) -> web.StreamResponse:
+        """Answer one client request (any method, any path under /v1)."""
+        t0 = time.perf_counter()
+        req = Request(wreq.method, wreq.raw_path.split("?", 1)[0], wreq.query_string,
+                      list(wreq.headers.items()), await wreq.read())
+        mode = self.config.mode
+        hit = self.store.lookup(req) if looks_up(mode) else None
+        action = decide(mode, hit is not None)
+        if action is Action.REPLAY:
+            assert hit is not None
+            return await self._replay(wreq, req, hit.answer, t0, (hit.position, hit.count))
+        if action is Action.MISS:
+            return self._miss(req, t0)
+        return await self._forward(wreq, req, records(mode), t0)
+
+    # -- replay ----------------------------------------------------------------------------
+
+    async def _replay(self, wreq: web.Request, req: Request, answer: Answer, t0: float,
+                      position: tuple[int, int]) -> web.StreamResponse:
+        reply = (answers.chat_reply(answer, req) if answer.kind == "chat"
+                 else answers.generic_reply(answer))
+        tag = ("x-rechat", f"replay; session={_name(answer.session)}")
+        if reply.events is None:
+            resp = web.Response(status=reply.status, body=reply.body)
+            _set_headers(resp, reply.headers + [tag])
+        else:
+            resp = web.StreamResponse(status=reply.status)
+            _set_headers(resp, reply.headers + [tag])
+            await resp.prepare(wreq)
+            try:
+                for ev in reply.events:
+                    await resp.write(ev)
+                await resp.write_eof()
+            except ConnectionError:
+                pass  # the client left; nothing to record on replay
+        self._publish(ProxyEvent("replay", req, Response(reply.status, reply.headers, reply.body),
+                                 answer=answer, file=answer.session, ms=_ms(t0),
+                                 position=position))
+        return resp
+
+    def _miss(self, req: Request, t0: float) -> web.Response:
+        detail = ""
+        body = req.json
+        if req.is_chat:
+            near = nearest(request_params(body), body["messages"], self.store.requests(req.path))
+            if near is not None:
+                detail = (f" The nearest recorded request is the one answered at "
+                          f"{near.file}:{near.line} (similarity {near.similarity:.2f}).")
+        elif req.json_error and req.body:
+            return self._error(req, t0, 400, f"The request body is not valid JSON: "
+                               f"{req.json_error}.", "invalid_json")
+        msg = (f"rechat replay: no recorded answer matches {req.method} {req.path}.{detail}"
+               " Record it with `rechat record` or write it into a session file.")
+        self._publish(ProxyEvent("miss", req, ms=_ms(t0), detail=detail.strip()))
+        return web.Response(status=404, body=error_body(msg, "invalid_request_error", "rechat_miss"),
+                            content_type="application/json")
+
+    def _error(self, req: Request, t0: float, status: int, message: str, code: str,
+               type: str = "invalid_request_error") -> web.Response:
+        self._publish(ProxyEvent("error", req, Response(status), ms=_ms(t0), detail=message))
+        return web.Response(status=status, body=error_body(message, type, code),
+                            content_type="application/json")
+
+    # -- forward ---------------------------------------------------------------------------
+
+    async def _forward(self, wreq: web.Request, req: Request, record: bool,
+                       t0: float) -> web.StreamResponse:
+        up = self.config.upstream
+        if up is None:
+            return self._error(req, t0, 502, "rechat has no upstream configured.",
+                               "no_upstream", "server_error")
+        t_send = time.perf_counter()
+        try:
+            cm = up.request(req.method, req.path, req.query, req.headers, req.body)
+            uresp = await cm.__aenter__()
+        except asyncio.TimeoutError:
+            return self._error(req, t0, UpstreamTimeout.status, f"The upstream {up.base} did not "
+                               "answer in time.", UpstreamTimeout.code, "server_error")
+        except aiohttp.ClientError as e:
+            return self._error(req, t0, UpstreamError.status, f"The upstream {up.base} could not "
+                               f"be reached: {e}", UpstreamError.code, "server_error")
+        try:
+            return await self._relay(wreq, req, uresp, record, t0, t_send)
+        finally:
+            await cm.__aexit__(None, None, None)
+
+    async def _relay(self, wreq: web.Request, req: Request, uresp: aiohttp.ClientResponse,
+                     record: bool, t0: float, t_send: float) -> web.StreamResponse:
+        ttfb = (time.perf_counter() - t_send) * 1000
+        headers = list(uresp.headers.items())
+        ctype = uresp.headers.get("Content-Type", "")
+        is_sse = ctype.startswith("text/event-stream")
+        out = [(k, v) for k, v in headers if k.lower() not in _NOT_TO_CLIENT]
+        out.append(("x-rechat", "forward"))
+        complete = True
+        client_gone = False
+        if not is_sse and uresp.content_length is not None and uresp.content_length < 1 << 20:
+            try:
+                body = await uresp.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                return self._error(req, t0, 502, f"The upstream's response broke off: {e}",
+                                   UpstreamError.code, "server_error")
+            resp = web.Response(status=uresp.status, reason=uresp.reason, body=body)
+            _set_headers(resp, out)
+            events = event_ms = None
+        else:
+            resp = web.StreamResponse(status=uresp.status, reason=uresp.reason)
+            _set_headers(resp, out)
+            if "Content-Encoding" not in uresp.headers and uresp.content_length is not None:
+                resp.content_length = uresp.content_length
+            await resp.prepare(wreq)
+            parts: list[bytes] = []
+            parser = SSEParser() if is_sse else None
+            events, event_ms = ([], []) if is_sse else (None, None)
+            try:
+                async for piece in uresp.content.iter_any():
+                    parts.append(piece)
+                    if parser is not None:
+                        t = (time.perf_counter() - t_send) * 1000
+                        for ev in parser.feed(piece):
+                            events.append(ev.data)
+                            event_ms.append(t)
+                    if not client_gone:
+                        try:
+                            await resp.write(piece)
+                        except ConnectionError:
+                            client_gone = True
+                if parser is not None:
+                    for ev in parser.close():
+                        events.append(ev.data)
+                        event_ms.append((time.perf_counter() - t_send) * 1000)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                complete = False
+                log.warning("upstream stream broke off for %s %s: %s", req.method, req.path, e)
+            body = b"".join(parts)
+            if complete and not client_gone:
+                try:
+                    await resp.write_eof()
+                except ConnectionError:
+                    client_gone = True
+            elif not complete:
+                # The client must see a broken stream, not a clean end that looks complete.
+                if wreq.transport is not None:
+                    wreq.transport.close()
+        total = (time.perf_counter() - t_send) * 1000
+        response = Response(uresp.status, headers, body, events, event_ms, ttfb, total)
+        ex = Exchange(req, response, upstream=str(self.config.upstream.base), recorded_at=time.time())
+        kind, file = "forward", None
+        if record and complete and 200 <= uresp.status < 300:
+            file = self._record(ex)
+            kind = "record"
+        self._publish(ProxyEvent(kind, req, response, file=file, ms=_ms(t0),
+                                 detail="" if complete else "upstream stream broke off"))
+        return resp
+
+    def _record(self, ex: Exchange) -> str | None:
+        try:
+            chat = answers.chat_answer(ex) if ex.request.is_chat else None
+            if chat is not None:
+                return self.store.record(ex, *chat)
+            return self.store.record(ex, None, answers.generic_meta(ex))
+        except Exception:  # recording must never cost the client its answer
+            log.exception("could not record %s %s", ex.request.method, ex.request.path)
+            return None
+
+
+def _set_headers(resp: web.StreamResponse, headers: list[tuple[str, str]]) -> None:
+    for k, v in headers:
+        if k.lower() == "content-type":
+            resp.headers["Content-Type"] = v
+        else:
+            resp.headers.add(k, v)
+
+
+def _name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000

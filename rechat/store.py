@@ -1,0 +1,436 @@
+"""The store: the sessions folders, their in-memory index, and atomic recording.
+
+Owns which answer a request gets (exact lookup, play order) and where a new exchange is
+written (appended to the conversation it continues, or a new file). Must not import aiohttp,
+the proxy or anything above it; file watching lives in reload.py and calls `reload_file`.
+
+Index. A chat answer is the assistant message at index i of a session; it answers the request
+made of the session's params and messages[:i]. Its key is a hash chain over those messages
+(h0 = path, h[k+1] = hash(h[k], canonical(message k))), so a request's key costs one pass over
+its messages and the lookup is a dict access. Under one key, answers are grouped by the
+session's params; a group matches when each of its params equals the request's (a parameter
+missing from the front matter matches any value), the most specific group wins, and inside a
+group answers play in recorded order, then the last repeats. Generic answers are keyed by
+`fingerprint.fingerprint`.
+
+Invariant: a file on disk is always whole (sessionfile.write_atomic); a file that fails to
+parse keeps its last good version in the index and is listed in `errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Iterable
+
+from rechat import sessionfile as sf
+from rechat.errors import SessionFormatError
+from rechat.exchange import CHAT_PATH, Answer, Exchange, Request
+from rechat.fingerprint import (VOLATILE_FIELDS, canonical, digest, fingerprint,
+                                normalize_message, request_params)
+
+
+def chain(path: str, messages: Iterable) -> list[str]:
+    """Return the hash chain of a message list: element k keys the request of messages[:k].
+
+    Shape: ``len(messages) + 1`` hex digests; element 0 depends on `path` alone.
+    """
+    h = digest(path)
+    out = [h]
+    for m in messages:
+        h = digest(h + "\n" + canonical(normalize_message(m)))
+        out.append(h)
+    return out
+
+
+def params_key(params: dict) -> str:
+    """Return the digest identifying a params dict (its canonical JSON)."""
+    return digest(canonical(params))
+
+
+@dataclass(slots=True)
+class Group:
+    """The answers recorded for one request under one set of params (the front matter)."""
+
+    params: dict
+    canon: dict[str, str]
+    answers: list[Answer] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Hit:
+    """A lookup result: the answer to serve, and its place among the group's answers."""
+
+    answer: Answer
+    position: int
+    count: int
+
+
+@dataclass(slots=True)
+class _File:
+    session: sf.Session
+    text: str
+    keys: list[str] = field(default_factory=list)  # index keys this file contributed to
+    tips: list[str] = field(default_factory=list)
+
+
+def _epoch(meta: dict) -> float:
+    # `at` is the ISO 8601 time the exchange was recorded; hand-written answers have none.
+    at = meta.get("at")
+    if isinstance(at, str):
+        try:
+            return datetime.fromisoformat(at).timestamp()
+        except ValueError:
+            return 0.0
+    return 0.0
+
+
+def slug(text: str, limit: int = 48) -> str:
+    """Return a file-name slug of `text`: ASCII letters, digits and dashes, at most `limit`."""
+    t = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    t = re.sub(r"[^a-z0-9]+", "-", t).strip("-")
+    return t[:limit].rstrip("-") or "session"
+
+
+def _first_user_text(messages: list) -> str:
+    for m in messages:
+        if isinstance(m, dict) and m.get("role") == "user":
+            c = m.get("content")
+            if isinstance(c, str):
+                return c
+            if isinstance(c, list):
+                for p in c:
+                    if isinstance(p, dict) and isinstance(p.get("text"), str):
+                        return p["text"]
+    return ""
+
+
+class Store:
+    """The sessions folders and their index.
+
+    `dirs` are the folders loaded (recursively, `*.md`, skipping dot-files and dot-folders);
+    new sessions are written to `dirs[0]`. `on_error(err)` is called with each
+    `SessionFormatError` met while loading or reloading.
+    """
+
+    def __init__(self, dirs: list[str], on_error: Callable[[SessionFormatError], None] | None = None):
+        if not dirs:
+            raise ValueError("the store needs at least one sessions folder")
+        self.dirs = [os.path.abspath(d) for d in dirs]
+        self.on_error = on_error or (lambda e: None)
+        self.files: dict[str, _File] = {}
+        self.errors: dict[str, SessionFormatError] = {}
+        self.chat: dict[str, dict[str, Group]] = {}
+        self.generic: dict[str, list[Answer]] = {}
+        self.tips: dict[str, str] = {}
+        self.plays: dict[str, int] = {}
+        self._writing: dict[str, asyncio.Lock] = {}
+        self._pending: set[asyncio.Task] = set()
+        self._names: set[str] = set()
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def session_files(self) -> list[str]:
+        """Return every session file under the folders, sorted by path."""
+        out = []
+        for d in self.dirs:
+            for root, subdirs, names in os.walk(d):
+                subdirs[:] = sorted(s for s in subdirs if not s.startswith("."))
+                out += [os.path.join(root, n) for n in names
+                        if n.endswith(".md") and not n.startswith(".")]
+        return sorted(out)
+
+    def load(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Load every session file; return how many loaded. `progress(done, total)` is called."""
+        files = self.session_files()
+        for i, f in enumerate(files, 1):
+            self.reload_file(f)
+            if progress:
+                progress(i, len(files))
+        return len(self.files)
+
+    def reload_file(self, file: str) -> bool:
+        """Re-read `file` (created, edited or deleted) and re-index it; True if the index changed.
+
+        A file that no longer parses keeps its last good version and is reported to `on_error`.
+        """
+        file = os.path.abspath(file)
+        try:
+            with open(file, encoding="utf-8", newline="") as f:
+                text = f.read()
+        except FileNotFoundError:
+            self.errors.pop(file, None)
+            if file in self.files:
+                self._unindex(file)
+                del self.files[file]
+                return True
+            return False
+        except (OSError, UnicodeDecodeError) as e:
+            self._error(SessionFormatError(file, 0, f"cannot read: {e}"))
+            return False
+        old = self.files.get(file)
+        if old is not None and old.text == text:
+            return False
+        try:
+            session = sf.parse(text, file)
+        except SessionFormatError as e:
+            self._error(e)
+            return False
+        self.errors.pop(file, None)
+        if old is not None:
+            self._unindex(file)
+        self.files[file] = _File(session, text)
+        self._index(file)
+        return True
+
+    def _error(self, e: SessionFormatError) -> None:
+        self.errors[e.path] = e
+        self.on_error(e)
+
+    def _index(self, file: str) -> None:
+        entry = self.files[file]
+        s = entry.session
+        if s.kind == "generic":
+            for i, ex in enumerate(s.exchanges):
+                fp = fingerprint(s.method, s.path, s.query, ex.request_body, _json_or_none(ex.request_body))
+                ans = Answer(session=file, index=i, line=ex.line, kind="generic", meta=ex.meta,
+                             status=ex.status, body=ex.body, recorded_at=_epoch(ex.meta),
+                             headers=[tuple(h) for h in ex.meta.get("headers", [])])
+                _insert(self.generic.setdefault(fp, []), ans)
+                entry.keys.append(fp)
+            return
+        hashes = chain(s.path, s.messages)
+        pk = params_key(s.params)
+        canon = {k: canonical(v) for k, v in s.params.items()}
+        n = 0
+        for i, m in enumerate(s.messages):
+            if m.get("role") != "assistant" or i == 0:
+                continue
+            meta = s.responses.get(i, {})
+            ans = Answer(session=file, index=n, line=s.lines[i], kind="chat", message=m, meta=meta,
+                         recorded_at=_epoch(meta))
+            n += 1
+            groups = self.chat.setdefault(hashes[i], {})
+            g = groups.get(pk)
+            if g is None:
+                g = groups[pk] = Group(s.params, canon)
+            _insert(g.answers, ans)
+            entry.keys.append(hashes[i])
+        if s.messages and s.messages[-1].get("role") == "assistant":
+            tip = pk + hashes[-1]
+            self.tips[tip] = file
+            entry.tips.append(tip)
+
+    def _unindex(self, file: str) -> None:
+        entry = self.files[file]
+        for k in set(entry.keys):
+            if entry.session.kind == "generic":
+                lst = [a for a in self.generic.get(k, []) if a.session != file]
+                if lst:
+                    self.generic[k] = lst
+                else:
+                    self.generic.pop(k, None)
+                continue
+            groups = self.chat.get(k, {})
+            for pk in list(groups):
+                groups[pk].answers = [a for a in groups[pk].answers if a.session != file]
+                if not groups[pk].answers:
+                    del groups[pk]
+            if not groups:
+                self.chat.pop(k, None)
+        for t in entry.tips:
+            if self.tips.get(t) == file:
+                del self.tips[t]
+        entry.keys, entry.tips = [], []
+
+    # -- lookup ----------------------------------------------------------------------------
+
+    def lookup(self, req: Request, play: bool = True) -> Hit | None:
+        """Return the answer for `req`, or None on a miss.
+
+        With `play`, the group's play count advances: answers are served in recorded order,
+        then the last one repeats (docs/format.md, "Several answers").
+        """
+        gid, answers = self._candidates(req)
+        if not answers:
+            return None
+        n = self.plays.get(gid, 0)
+        if play:
+            self.plays[gid] = n + 1
+        pos = min(n, len(answers) - 1)
+        return Hit(answers[pos], pos, len(answers))
+
+    def _candidates(self, req: Request) -> tuple[str, list[Answer]]:
+        body = req.json
+        if req.is_chat:
+            key = chain(req.path, body["messages"])[-1]
+            groups = self.chat.get(key)
+            if not groups:
+                return "", []
+            best: tuple[str, Group] | None = None
+            rc: dict[str, str] = {}
+            for pk, g in groups.items():
+                ok = True
+                for k, v in g.canon.items():
+                    if k not in body:
+                        ok = False
+                        break
+                    if k not in rc:
+                        rc[k] = canonical(body[k])
+                    if rc[k] != v:
+                        ok = False
+                        break
+                if ok and (best is None or len(g.canon) > len(best[1].canon)):
+                    best = (pk, g)
+            return (key + best[0], best[1].answers) if best else ("", [])
+        fp = fingerprint(req.method, req.path, req.query, req.body, body)
+        return fp, self.generic.get(fp, [])
+
+    def requests(self, path: str) -> Iterable[tuple[str, dict, list, int]]:
+        """Yield (file, params, messages, line) for every chat request answered under `path`.
+
+        `messages` are the messages of the request; `line` is the 1-based line of its answer.
+        """
+        for file, entry in self.files.items():
+            s = entry.session
+            if s.kind != "chat" or s.path != path:
+                continue
+            for i, m in enumerate(s.messages):
+                if i and m.get("role") == "assistant":
+                    yield file, s.params, s.messages[:i], s.lines[i]
+
+    # -- recording -------------------------------------------------------------------------
+
+    def record(self, exchange: Exchange, answer: dict | None = None, meta: dict | None = None) -> str:
+        """Index `exchange` now and write it to disk in the background; return the file.
+
+        For a chat request, `answer` is the assistant message and `meta` the hidden response
+        metadata: the exchange is appended to the session whose last message it continues
+        (same params), or starts a new file. Any other exchange gets a generic file of its own.
+        Await `flush()` to wait for the disk.
+        """
+        req = exchange.request
+        if req.is_chat and answer is not None:
+            return self._record_chat(req, answer, meta or {})
+        return self._record_generic(exchange, meta or {})
+
+    def _record_chat(self, req: Request, answer: dict, meta: dict) -> str:
+        body = req.json
+        messages = body["messages"]
+        params = request_params(body)
+        pk = params_key(params)
+        hashes = chain(req.path, messages)
+        target = None
+        for p in range(len(messages) - 1, 0, -1):
+            if isinstance(messages[p], dict) and messages[p].get("role") == "assistant":
+                target = self.tips.get(pk + hashes[p + 1])
+                if target is not None and target in self.files:
+                    break
+                target = None
+        if target is not None:
+            entry = self.files[target]
+            s = entry.session
+            start = len(s.messages)
+            new = list(messages[start:]) + [answer]
+            s_new = sf.Session(file=target, params=s.params, messages=s.messages + new,
+                               lines=list(s.lines), responses=dict(s.responses))
+            s_new.responses[len(s_new.messages) - 1] = meta
+            text = entry.text.rstrip("\n") + "\n" + "\n".join(
+                sf.render_messages(new, {len(new) - 1: meta}, 0)) + "\n"
+        else:
+            target = self._new_name(_first_user_text(messages))
+            s_new = sf.Session(file=target, params=params, messages=list(messages) + [answer])
+            s_new.responses = {len(messages): meta}
+            endpoint = None if req.path == CHAT_PATH else f"{req.method} {req.path}"
+            text = sf.render_chat(params, s_new.messages, s_new.responses, endpoint)
+        # Re-read what we wrote so that the index holds exactly what a later load would.
+        self._commit(target, text)
+        return target
+
+    def _record_generic(self, exchange: Exchange, meta: dict) -> str:
+        req = exchange.request
+        endpoint = f"{req.method} {req.path}" + (f"?{req.query}" if req.query else "")
+        ex = sf.GenericExchange(request_body=req.body, status=exchange.response.status,
+                                body=exchange.response.body, meta=meta)
+        target = self._new_name(f"{req.method} {req.path.removeprefix('/v1/')}")
+        self._commit(target, sf.render_generic(endpoint, [ex]))
+        return target
+
+    def _commit(self, file: str, text: str) -> None:
+        session = sf.parse(text, file)
+        if file in self.files:
+            self._unindex(file)
+        self.files[file] = _File(session, text)
+        self._index(file)
+        task = asyncio.get_running_loop().create_task(self._write(file, text))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _write(self, file: str, text: str) -> None:
+        lock = self._writing.setdefault(file, asyncio.Lock())
+        async with lock:
+            entry = self.files.get(file)
+            if entry is not None and entry.text != text:
+                return  # a newer version of this file is queued behind us; it wins
+            await asyncio.to_thread(sf.write_atomic, file, text)
+
+    def is_own_write(self, file: str) -> bool:
+        """True when `file` on disk holds what the store last wrote or read (a watcher skips it)."""
+        file = os.path.abspath(file)
+        lock = self._writing.get(file)
+        if lock is not None and lock.locked():
+            return True
+        entry = self.files.get(file)
+        if entry is None:
+            return False
+        try:
+            with open(file, encoding="utf-8", newline="") as f:
+                return f.read() == entry.text
+        except (OSError, UnicodeDecodeError):
+            return False
+
+    async def flush(self) -> None:
+        """Wait until every recorded exchange is on disk."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    def _new_name(self, title: str) -> str:
+        now = datetime.now(timezone.utc).astimezone()
+        base = f"{now:%Y-%m-%d_%H-%M-%S}_{slug(title)}"
+        folder = self.dirs[0]
+        name, n = base, 1
+        while name in self._names or os.path.exists(os.path.join(folder, name + ".md")):
+            n += 1
+            name = f"{base}_{n}"
+        self._names.add(name)
+        return os.path.join(folder, name + ".md")
+
+    # -- summary ---------------------------------------------------------------------------
+
+    @property
+    def answer_count(self) -> int:
+        """How many answers the index holds (chat and generic)."""
+        return (sum(len(g.answers) for gs in self.chat.values() for g in gs.values())
+                + sum(len(a) for a in self.generic.values()))
+
+
+def _insert(answers: list[Answer], ans: Answer) -> None:
+    answers.append(ans)
+    answers.sort(key=lambda a: (a.recorded_at, a.session, a.index))
+
+
+def _json_or_none(body: bytes):
+    if not body:
+        return None
+    import json
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+__all__ = ["Store", "Hit", "Group", "chain", "slug", "VOLATILE_FIELDS"]
