@@ -173,7 +173,8 @@ class Proxy:
     async def _relay(self, wreq: web.Request, req: Request, uresp: aiohttp.ClientResponse,
                      record: bool, t0: float, t_send: float) -> web.StreamResponse:
         ttfb = (time.perf_counter() - t_send) * 1000
-        headers = list(uresp.headers.items())
+        # raw_headers keep the upstream's own spelling of names (aiohttp's parsed ones do not).
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in uresp.raw_headers]
         ctype = uresp.headers.get("Content-Type", "")
         is_sse = ctype.startswith("text/event-stream")
         out = [(k, v) for k, v in headers if k.lower() not in _NOT_TO_CLIENT]
