@@ -42,27 +42,27 @@ def nearest(params: dict, messages: list,
     """Return the recorded request nearest to (params, messages), or None if there are none.
 
     `recorded` yields (file, params, messages, line) as `Store.requests` does. Candidates are
-    ranked first on a short signature (model and the last message) and only the best
-    `shortlist` are scored on their whole markdown text.
+    ranked first on a short signature (message count and the last message) and only the best
+    `shortlist` are scored on their whole markdown text. A parameter the candidate's front
+    matter does not name matches any value, so it is left out of the comparison.
     """
     items = list(recorded)
     if not items:
         return None
 
-    def signature(p: dict, ms: list) -> str:
+    def signature(ms: list) -> str:
         last = ms[-1] if ms else {}
         c = last.get("content") if isinstance(last, dict) else ""
-        return f"{p.get('model', '')}\n{len(ms)}\n{c if isinstance(c, str) else c!r}"[:2000]
+        return f"{len(ms)}\n{c if isinstance(c, str) else c!r}"[:2000]
 
-    target_sig = signature(params, messages)
-    sigs = [signature(p, ms) for _, p, ms, _ in items]
-    top = process.extract(target_sig, sigs, scorer=fuzz.ratio, limit=shortlist)
-    text = request_text(params, messages)
+    top = process.extract(signature(messages), [signature(ms) for _, _, ms, _ in items],
+                          scorer=fuzz.ratio, limit=shortlist)
     best: Nearest | None = None
     for _, _, i in top:
         f, p, ms, line = items[i]
         t = request_text(p, ms)
-        score = fuzz.ratio(text, t) / 100.0
+        seen = {k: v for k, v in params.items() if k in p}
+        score = fuzz.ratio(request_text(seen, messages), t) / 100.0
         if best is None or score > best.similarity:
             best = Nearest(f, line, score, t)
     return best
