@@ -26,15 +26,15 @@ cli = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-Upstream = Annotated[str, typer.Argument(envvar="RECHAT_UPSTREAM", show_default=True,
+Upstream = Annotated[str, typer.Argument(envvar="RECHAT_UPSTREAM", show_default=True, metavar="UPSTREAM",
                                          help="Upstream base URL; /v1/X goes to UPSTREAM/X.")]
-Host = Annotated[str, typer.Option("--host", envvar="RECHAT_HOST", help="Address to listen on.")]
-Port = Annotated[int, typer.Option("--port", "-p", envvar="RECHAT_PORT",
+Host = Annotated[str, typer.Option("--host", envvar="RECHAT_HOST", metavar="HOST", help="Address to listen on.")]
+Port = Annotated[int, typer.Option("--port", "-p", envvar="RECHAT_PORT", metavar="PORT",
                                    help="Port to listen on (0 picks a free one).")]
 Sessions = Annotated[Optional[list[str]], typer.Option(
     "--sessions", "-s", envvar="RECHAT_SESSIONS", metavar="DIR",
     help="Sessions folder (repeatable; the first receives recordings). [default: ./sessions]")]
-Timeout = Annotated[float, typer.Option("--timeout", envvar="RECHAT_TIMEOUT",
+Timeout = Annotated[float, typer.Option("--timeout", envvar="RECHAT_TIMEOUT", metavar="SECONDS",
                                         help="Upstream connect/read timeout in seconds.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", envvar="RECHAT_QUIET",
                                      help="Print only errors.")]
@@ -84,7 +84,8 @@ def record_cmd(upstream: Upstream = DEFAULT_UPSTREAM, host: Host = "127.0.0.1", 
 
 @cli.command("replay")
 def replay_cmd(dirs: Annotated[Optional[list[str]], typer.Argument(
-                   metavar="[DIR]...", help="Sessions folders (same as --sessions).")] = None,
+                   metavar="DIR", show_default=False,
+                   help="Sessions folders (same as --sessions).")] = None,
                host: Host = "127.0.0.1", port: Port = 8910, sessions: Sessions = None,
                quiet: Quiet = False, verbose: Verbose = False, no_watch: NoWatch = False) -> None:
     """Answer only from the sessions; never contact an upstream. A miss is a 404."""
