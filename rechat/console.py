@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 
 from rich.console import Console
@@ -39,14 +40,20 @@ class ConsoleView:
         self.counts: Counter[str] = Counter()
         self.saved_ms = 0.0
         self._progress: Progress | None = None
+        self._load_started: float | None = None
         logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True,
                             handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def progress(self, done: int, total: int) -> None:
-        """Show a progress bar while loading many session files."""
-        if total < 200 or self.level == "quiet":
+        """Show a progress bar once loading the session files has taken more than 0.3 s."""
+        if self.level == "quiet":
+            return
+        now = time.monotonic()
+        if self._load_started is None:
+            self._load_started = now
+        if self._progress is None and (done >= total or now - self._load_started < 0.3):
             return
         if self._progress is None:
             self._progress = Progress(console=self.out, transient=True)
