@@ -37,6 +37,24 @@ def redact_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in headers if not is_secret_header(k)]
 
 
+# Query parameters that carry credentials (Azure `api-key`, Google `key`, `access_token`...).
+_SECRET_QUERY = frozenset({"key", "api_key", "api-key", "apikey", "access_token", "token", "auth",
+                           "code", "sig", "signature", "secret", "password"})
+
+
+def clean_query(query: str) -> str:
+    """Return a raw query string without its credential parameters (see `_SECRET_QUERY`).
+
+    Used both for the key and for what is written, so a request still matches its recording.
+    """
+    if not query:
+        return query
+    kept = [p for p in query.split("&")
+            if p and p.split("=", 1)[0].lower() not in _SECRET_QUERY
+            and not is_secret_header(p.split("=", 1)[0])]
+    return "&".join(kept)
+
+
 def _norm(value: Any) -> Any:
     # Integral floats become ints so that `temperature: 1` and `1.0` are one request.
     if isinstance(value, float):
@@ -92,4 +110,4 @@ def fingerprint(method: str, path: str, query: str, body: bytes, body_json: Any 
         b = body_key(body_json)
     else:
         b = hashlib.blake2b(body, digest_size=16).hexdigest()
-    return digest(f"{method.upper()} {path}?{query}\n{b}")
+    return digest(f"{method.upper()} {path}?{clean_query(query)}\n{b}")

@@ -20,9 +20,10 @@ from rechat.store import Store
 log = logging.getLogger("rechat")
 
 
-def _is_session(path: str) -> bool:
-    name = os.path.basename(path)
-    return name.endswith(".md") and not name.startswith(".")
+def _watched(path: str) -> bool:
+    # Session files and folders (a folder moved in or out is one event); never dot-files,
+    # which include the store's temp files.
+    return not os.path.basename(path).startswith(".")
 
 
 class Watcher:
@@ -55,20 +56,33 @@ class Watcher:
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
 
+    def _session_files(self, path: str) -> list[str]:
+        """The session files a change at `path` concerns: itself, or those in a folder."""
+        if path.endswith(".md"):
+            return [path]
+        if os.path.isdir(path):
+            return sorted(os.path.join(root, n) for root, dirs, names in os.walk(path)
+                          for n in names if n.endswith(".md") and not n.startswith(".")
+                          if not any(part.startswith(".") for part in os.path.relpath(
+                              root, path).split(os.sep) if part != "."))
+        prefix = os.path.abspath(path) + os.sep  # a folder removed or moved away
+        return [f for f in list(self.store.files) if f.startswith(prefix)]
+
     async def _run(self) -> None:
         watch = watchfiles.awatch(*self.store.dirs, stop_event=self._stop, debounce=self.debounce_ms,
-                                  step=25, watch_filter=lambda _c, p: _is_session(p),
+                                  step=25, watch_filter=lambda _c, p: _watched(p),
                                   recursive=True, yield_on_timeout=False)
         self.ready.set()
         try:
             async for changes in watch:
-                for _change, path in sorted(changes, key=lambda c: c[1]):
-                    if self.store.is_own_write(path):
-                        continue
-                    try:
-                        if self.store.reload_file(path):
-                            self.on_reload(path)
-                    except Exception:
-                        log.exception("reloading %s failed", path)
+                for path in sorted({p for _, p in changes}):
+                    for file in self._session_files(path):
+                        if self.store.is_own_write(file):
+                            continue
+                        try:
+                            if self.store.reload_file(file):
+                                self.on_reload(file)
+                        except Exception:
+                            log.exception("reloading %s failed", file)
         except Exception:
             log.exception("the sessions watcher stopped")

@@ -30,7 +30,7 @@ from typing import Callable, Iterable
 from rechat import sessionfile as sf
 from rechat.errors import SessionFormatError
 from rechat.exchange import CHAT_PATH, Answer, Exchange, Request
-from rechat.fingerprint import (VOLATILE_FIELDS, canonical, digest, fingerprint,
+from rechat.fingerprint import (VOLATILE_FIELDS, canonical, clean_query, digest, fingerprint,
                                 normalize_message, request_params)
 
 
@@ -129,6 +129,7 @@ class Store:
         self.tips: dict[str, str] = {}
         self.plays: dict[str, int] = {}
         self._writing: dict[str, asyncio.Lock] = {}
+        self._queued: dict[str, int] = {}  # writes scheduled and not finished, per file
         self._pending: set[asyncio.Task] = set()
         self._names: set[str] = set()
 
@@ -159,6 +160,8 @@ class Store:
         A file that no longer parses keeps its last good version and is reported to `on_error`.
         """
         file = os.path.abspath(file)
+        if self._queued.get(file):
+            return False  # our own write is on its way; the disk is about to hold it
         try:
             with open(file, encoding="utf-8", newline="") as f:
                 text = f.read()
@@ -204,8 +207,9 @@ class Store:
                 entry.keys.append(fp)
             return
         hashes = chain(s.path, s.messages)
-        pk = params_key(s.params)
-        canon = {k: canonical(v) for k, v in s.params.items()}
+        params = {k: v for k, v in s.params.items() if k not in VOLATILE_FIELDS}
+        pk = params_key(params)
+        canon = {k: canonical(v) for k, v in params.items()}
         n = 0
         for i, m in enumerate(s.messages):
             if m.get("role") != "assistant" or i == 0:
@@ -217,7 +221,7 @@ class Store:
             groups = self.chat.setdefault(hashes[i], {})
             g = groups.get(pk)
             if g is None:
-                g = groups[pk] = Group(s.params, canon)
+                g = groups[pk] = Group(params, canon)
             _insert(g.answers, ans)
             entry.keys.append(hashes[i])
         if s.messages and s.messages[-1].get("role") == "assistant":
@@ -324,13 +328,14 @@ class Store:
         params = request_params(body)
         pk = params_key(params)
         hashes = chain(req.path, messages)
-        target = None
-        for p in range(len(messages) - 1, 0, -1):
-            if isinstance(messages[p], dict) and messages[p].get("role") == "assistant":
-                target = self.tips.get(pk + hashes[p + 1])
-                if target is not None and target in self.files:
-                    break
-                target = None
+        target = self._tip(pk, hashes, messages)
+        if target is not None and not self._queued.get(target) and not self._disk_holds(target):
+            # Someone edited the file since we read it: take their version into account first.
+            self.reload_file(target)
+            target = self._tip(pk, hashes, messages)
+        if target is not None and (target in self.errors or not (
+                self._queued.get(target) or self._disk_holds(target))):
+            target = None  # being edited (broken or unsaved by us): never write over it
         if target is not None:
             entry = self.files[target]
             s = entry.session
@@ -351,9 +356,27 @@ class Store:
         self._commit(target, text)
         return target
 
+    def _tip(self, pk: str, hashes: list[str], messages: list) -> str | None:
+        # The file whose last message is the latest assistant message of `messages`.
+        for p in range(len(messages) - 1, 0, -1):
+            if isinstance(messages[p], dict) and messages[p].get("role") == "assistant":
+                target = self.tips.get(pk + hashes[p + 1])
+                if target is not None and target in self.files:
+                    return target
+        return None
+
+    def _disk_holds(self, file: str) -> bool:
+        entry = self.files.get(file)
+        try:
+            with open(file, encoding="utf-8", newline="") as f:
+                return entry is not None and f.read() == entry.text
+        except (OSError, UnicodeDecodeError):
+            return False
+
     def _record_generic(self, exchange: Exchange, meta: dict) -> str:
         req = exchange.request
-        endpoint = f"{req.method} {req.path}" + (f"?{req.query}" if req.query else "")
+        query = clean_query(req.query)
+        endpoint = f"{req.method} {req.path}" + (f"?{query}" if query else "")
         ex = sf.GenericExchange(request_body=req.body, status=exchange.response.status,
                                 body=exchange.response.body, meta=meta)
         target = self._new_name(f"{req.method} {req.path.removeprefix('/v1/')}")
@@ -366,32 +389,32 @@ class Store:
             self._unindex(file)
         self.files[file] = _File(session, text)
         self._index(file)
+        self._queued[file] = self._queued.get(file, 0) + 1
         task = asyncio.get_running_loop().create_task(self._write(file, text))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
     async def _write(self, file: str, text: str) -> None:
-        lock = self._writing.setdefault(file, asyncio.Lock())
-        async with lock:
-            entry = self.files.get(file)
-            if entry is not None and entry.text != text:
-                return  # a newer version of this file is queued behind us; it wins
-            await asyncio.to_thread(sf.write_atomic, file, text)
+        try:
+            async with self._writing.setdefault(file, asyncio.Lock()):
+                entry = self.files.get(file)
+                if entry is not None and entry.text != text:
+                    return  # a newer version of this file is queued behind us; it wins
+                await asyncio.to_thread(sf.write_atomic, file, text)
+        finally:
+            n = self._queued.get(file, 1) - 1
+            if n:
+                self._queued[file] = n
+            else:
+                self._queued.pop(file, None)
 
     def is_own_write(self, file: str) -> bool:
-        """True when `file` on disk holds what the store last wrote or read (a watcher skips it)."""
+        """True when `file` is being written by the store or holds what it last wrote or read.
+
+        A watcher skips such events, so the store's own writes never trigger a reload.
+        """
         file = os.path.abspath(file)
-        lock = self._writing.get(file)
-        if lock is not None and lock.locked():
-            return True
-        entry = self.files.get(file)
-        if entry is None:
-            return False
-        try:
-            with open(file, encoding="utf-8", newline="") as f:
-                return f.read() == entry.text
-        except (OSError, UnicodeDecodeError):
-            return False
+        return bool(self._queued.get(file)) or self._disk_holds(file)
 
     async def flush(self) -> None:
         """Wait until every recorded exchange is on disk."""
@@ -418,9 +441,14 @@ class Store:
                 + sum(len(a) for a in self.generic.values()))
 
 
+def _natural(name: str) -> list:
+    # `x_10.md` sorts after `x_2.md`: recordings in the same second keep their order.
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
 def _insert(answers: list[Answer], ans: Answer) -> None:
     answers.append(ans)
-    answers.sort(key=lambda a: (a.recorded_at, a.session, a.index))
+    answers.sort(key=lambda a: (a.recorded_at, _natural(a.session), a.index))
 
 
 def _json_or_none(body: bytes):

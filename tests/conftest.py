@@ -237,7 +237,8 @@ class Rechat:
         return openai.OpenAI(base_url=self.url, api_key=SECRET, max_retries=0, **kw)
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
