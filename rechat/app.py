@@ -17,6 +17,7 @@ from typing import Callable
 from aiohttp import web
 
 from rechat import __version__
+from rechat import web as webui
 from rechat.errors import SessionFormatError, error_body
 from rechat.policy import Mode
 from rechat.proxy import Proxy, ProxyConfig, ProxyEvent
@@ -32,7 +33,9 @@ class Config:
     """Every setting of one rechat process (defaults match the CLI's).
 
     `sessions` are folders (the first receives new recordings); `timeout_s` bounds connecting
-    to the upstream and each read from it, in seconds; `port` 0 picks a free port.
+    to the upstream and each read from it, in seconds; `port` 0 picks a free port. `ui` mounts
+    the web UI and request log (`log_db`, rows older than `log_max_age_days` deleted; with
+    `ui_token`, the UI and its API require it).
     """
 
     mode: Mode = Mode.SERVE
@@ -42,6 +45,10 @@ class Config:
     port: int = 8910
     timeout_s: float = 600.0
     watch: bool = True
+    ui: bool = True
+    log_db: str | None = None  # default: <first sessions folder>/.rechat/log.sqlite
+    log_max_age_days: float = 7.0
+    ui_token: str | None = None
 
 
 @dataclass
@@ -101,6 +108,8 @@ def create_app(config: Config, hooks: Hooks | None = None) -> web.Application:
             "invalid_request_error", "not_found"))
 
     app.cleanup_ctx.append(lifecycle)
+    if config.ui:
+        webui.setup(app, store, proxy, config)
     app.router.add_get("/healthz", healthz)
     app.router.add_route("*", "/v1", proxy.handle)
     app.router.add_route("*", "/v1/{tail:.*}", proxy.handle)

@@ -42,13 +42,24 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", envvar="RECHAT_VERBOSE
                                        help="Also print request parameters and timings.")]
 NoWatch = Annotated[bool, typer.Option("--no-watch", envvar="RECHAT_NO_WATCH",
                                        help="Do not reload session files edited while running.")]
+NoUI = Annotated[bool, typer.Option("--no-ui", envvar="RECHAT_NO_UI",
+                                    help="Do not serve the web UI and request log.")]
+LogDb = Annotated[Optional[str], typer.Option(
+    "--log-db", envvar="RECHAT_LOG_DB", metavar="PATH",
+    help="Request log database. [default: SESSIONS/.rechat/log.sqlite]")]
+LogAge = Annotated[float, typer.Option("--log-max-age-days", envvar="RECHAT_LOG_MAX_AGE_DAYS",
+                                       metavar="DAYS", help="Delete request log rows older than this.")]
+UIToken = Annotated[Optional[str], typer.Option("--ui-token", envvar="RECHAT_UI_TOKEN", metavar="TOKEN",
+                                                help="Require this token for the web UI and its API.")]
 
 
 def _run(mode: Mode, upstream: str | None, sessions: list[str] | None, host: str, port: int,
-         timeout: float, quiet: bool, verbose: bool, no_watch: bool) -> None:
+         timeout: float, quiet: bool, verbose: bool, no_watch: bool, no_ui: bool,
+         log_db: str | None, log_max_age_days: float, ui_token: str | None) -> None:
     view = ConsoleView("quiet" if quiet else "verbose" if verbose else "normal")
     config = Config(mode=mode, upstream=upstream, sessions=sessions or ["sessions"], host=host,
-                    port=port, timeout_s=timeout, watch=not no_watch)
+                    port=port, timeout_s=timeout, watch=not no_watch, ui=not no_ui,
+                    log_db=log_db, log_max_age_days=log_max_age_days, ui_token=ui_token)
     hooks = Hooks(on_event=view.event, on_error=view.session_error, on_reload=view.reloaded,
                   on_progress=view.progress, on_ready=view.ready)
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -69,17 +80,21 @@ def _run(mode: Mode, upstream: str | None, sessions: list[str] | None, host: str
 @cli.command("serve")
 def serve_cmd(upstream: Upstream = DEFAULT_UPSTREAM, host: Host = "127.0.0.1", port: Port = 8910,
               sessions: Sessions = None, timeout: Timeout = 600.0, quiet: Quiet = False,
-              verbose: Verbose = False, no_watch: NoWatch = False) -> None:
+              verbose: Verbose = False, no_watch: NoWatch = False, no_ui: NoUI = False,
+              log_db: LogDb = None, log_max_age_days: LogAge = 7.0, ui_token: UIToken = None) -> None:
     """Answer from the sessions when a request matches; forward, record and answer otherwise."""
-    _run(Mode.SERVE, upstream, sessions, host, port, timeout, quiet, verbose, no_watch)
+    _run(Mode.SERVE, upstream, sessions, host, port, timeout, quiet, verbose, no_watch, no_ui,
+         log_db, log_max_age_days, ui_token)
 
 
 @cli.command("record")
 def record_cmd(upstream: Upstream = DEFAULT_UPSTREAM, host: Host = "127.0.0.1", port: Port = 8910,
                sessions: Sessions = None, timeout: Timeout = 600.0, quiet: Quiet = False,
-               verbose: Verbose = False, no_watch: NoWatch = False) -> None:
+               verbose: Verbose = False, no_watch: NoWatch = False, no_ui: NoUI = False,
+               log_db: LogDb = None, log_max_age_days: LogAge = 7.0, ui_token: UIToken = None) -> None:
     """Always forward and record; never answer from the sessions."""
-    _run(Mode.RECORD, upstream, sessions, host, port, timeout, quiet, verbose, no_watch)
+    _run(Mode.RECORD, upstream, sessions, host, port, timeout, quiet, verbose, no_watch, no_ui,
+         log_db, log_max_age_days, ui_token)
 
 
 @cli.command("replay")
@@ -87,10 +102,12 @@ def replay_cmd(dirs: Annotated[Optional[list[str]], typer.Argument(
                    metavar="DIR", show_default=False,
                    help="Sessions folders (same as --sessions).")] = None,
                host: Host = "127.0.0.1", port: Port = 8910, sessions: Sessions = None,
-               quiet: Quiet = False, verbose: Verbose = False, no_watch: NoWatch = False) -> None:
+               quiet: Quiet = False, verbose: Verbose = False, no_watch: NoWatch = False,
+               no_ui: NoUI = False, log_db: LogDb = None, log_max_age_days: LogAge = 7.0,
+               ui_token: UIToken = None) -> None:
     """Answer only from the sessions; never contact an upstream. A miss is a 404."""
     _run(Mode.REPLAY, None, (dirs or []) + (sessions or []), host, port, 600.0, quiet, verbose,
-         no_watch)
+         no_watch, no_ui, log_db, log_max_age_days, ui_token)
 
 
 @cli.command("version")

@@ -98,6 +98,8 @@ class ConsoleView:
 
     def event(self, ev: ProxyEvent) -> None:
         """Print one exchange."""
+        if ev.kind == "start":
+            return
         self.counts[ev.kind] += 1
         if ev.kind == "replay" and ev.answer is not None:
             self.saved_ms += float(ev.answer.meta.get("ms", {}).get("total", 0) or 0)

@@ -15,6 +15,7 @@ so the recording is still whole.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -42,9 +43,10 @@ _NOT_TO_CLIENT = HOP_BY_HOP | {"content-length", "content-encoding"}
 class ProxyEvent:
     """What happened to one request.
 
-    `kind` is "replay", "record" (forwarded and recorded), "forward" (forwarded, not recorded),
-    "miss" (replay mode, nothing matched) or "error" (rechat's own 4xx/5xx). `ms` is the time
-    from the request's arrival to the end of the reply.
+    `kind` is "start" (the request arrived; one more event follows for the same `id`),
+    "replay", "record" (forwarded and recorded), "forward" (forwarded, not recorded), "miss"
+    (replay mode, nothing matched) or "error" (rechat's own 4xx/5xx). `ms` is the time from the
+    request's arrival to the end of the reply; `started_at` is epoch s; `client` the peer address.
     """
 
     kind: str
@@ -55,6 +57,9 @@ class ProxyEvent:
     ms: float = 0.0
     detail: str = ""
     position: tuple[int, int] | None = None  # (play position, answers) of a replay
+    id: int = 0
+    started_at: float = 0.0
+    client: str = ""
 
 
 @dataclass
@@ -72,12 +77,19 @@ class Proxy:
         self.config = config
         self.store = store
         self._subscribers: list[Callable[[ProxyEvent], None]] = []
+        self._ids = itertools.count(1)
+        self.inflight: dict[int, ProxyEvent] = {}  # id -> its "start" event, until it ends
 
     def subscribe(self, callback: Callable[[ProxyEvent], None]) -> None:
         """Call `callback(event)` after each request; exceptions in it are logged, not raised."""
         self._subscribers.append(callback)
 
-    def _publish(self, event: ProxyEvent) -> None:
+    def _publish(self, ctx: "_Ctx", event: ProxyEvent) -> None:
+        event.id, event.started_at, event.client = ctx.id, ctx.started_at, ctx.client
+        if event.kind == "start":
+            self.inflight[ctx.id] = event
+        else:
+            self.inflight.pop(ctx.id, None)
         for cb in self._subscribers:
             try:
                 cb(event)
@@ -86,22 +98,23 @@ class Proxy:
 
     async def handle(self, wreq: web.Request) -> web.StreamResponse:
         """Answer one client request (any method, any path under /v1)."""
-        t0 = time.perf_counter()
+        ctx = _Ctx(next(self._ids), time.perf_counter(), time.time(), wreq.remote or "")
         req = Request(wreq.method, wreq.raw_path.split("?", 1)[0], wreq.query_string,
                       list(wreq.headers.items()), await wreq.read())
+        self._publish(ctx, ProxyEvent("start", req))
         mode = self.config.mode
         hit = self.store.lookup(req) if looks_up(mode) else None
         action = decide(mode, hit is not None)
         if action is Action.REPLAY:
             assert hit is not None
-            return await self._replay(wreq, req, hit.answer, t0, (hit.position, hit.count))
+            return await self._replay(wreq, req, hit.answer, ctx, (hit.position, hit.count))
         if action is Action.MISS:
-            return self._miss(req, t0)
-        return await self._forward(wreq, req, records(mode), t0)
+            return self._miss(req, ctx)
+        return await self._forward(wreq, req, records(mode), ctx)
 
     # -- replay ----------------------------------------------------------------------------
 
-    async def _replay(self, wreq: web.Request, req: Request, answer: Answer, t0: float,
+    async def _replay(self, wreq: web.Request, req: Request, answer: Answer, ctx: "_Ctx",
                       position: tuple[int, int]) -> web.StreamResponse:
         reply = (answers.chat_reply(answer, req) if answer.kind == "chat"
                  else answers.generic_reply(answer))
@@ -119,12 +132,12 @@ class Proxy:
                 await resp.write_eof()
             except ConnectionError:
                 pass  # the client left; nothing to record on replay
-        self._publish(ProxyEvent("replay", req, Response(reply.status, reply.headers, reply.body),
-                                 answer=answer, file=answer.session, ms=_ms(t0),
+        self._publish(ctx, ProxyEvent("replay", req, Response(reply.status, reply.headers, reply.body),
+                                 answer=answer, file=answer.session, ms=_ms(ctx),
                                  position=position))
         return resp
 
-    def _miss(self, req: Request, t0: float) -> web.Response:
+    def _miss(self, req: Request, ctx: "_Ctx") -> web.Response:
         detail = ""
         body = req.json
         if req.is_chat:
@@ -133,45 +146,45 @@ class Proxy:
                 detail = (f" The nearest recorded request is the one answered at "
                           f"{near.file}:{near.line} (similarity {near.similarity:.2f}).")
         elif req.json_error and req.body:
-            return self._error(req, t0, 400, f"The request body is not valid JSON: "
+            return self._error(req, ctx, 400, f"The request body is not valid JSON: "
                                f"{req.json_error}.", "invalid_json")
         msg = (f"rechat replay: no recorded answer matches {req.method} {req.path}.{detail}"
                " Record it with `rechat record` or write it into a session file.")
-        self._publish(ProxyEvent("miss", req, ms=_ms(t0), detail=detail.strip()))
+        self._publish(ctx, ProxyEvent("miss", req, ms=_ms(ctx), detail=detail.strip()))
         return web.Response(status=404, body=error_body(msg, "invalid_request_error", "rechat_miss"),
                             content_type="application/json")
 
-    def _error(self, req: Request, t0: float, status: int, message: str, code: str,
+    def _error(self, req: Request, ctx: "_Ctx", status: int, message: str, code: str,
                type: str = "invalid_request_error") -> web.Response:
-        self._publish(ProxyEvent("error", req, Response(status), ms=_ms(t0), detail=message))
+        self._publish(ctx, ProxyEvent("error", req, Response(status), ms=_ms(ctx), detail=message))
         return web.Response(status=status, body=error_body(message, type, code),
                             content_type="application/json")
 
     # -- forward ---------------------------------------------------------------------------
 
     async def _forward(self, wreq: web.Request, req: Request, record: bool,
-                       t0: float) -> web.StreamResponse:
+                       ctx: "_Ctx") -> web.StreamResponse:
         up = self.config.upstream
         if up is None:
-            return self._error(req, t0, 502, "rechat has no upstream configured.",
+            return self._error(req, ctx, 502, "rechat has no upstream configured.",
                                "no_upstream", "server_error")
         t_send = time.perf_counter()
         try:
             cm = up.request(req.method, req.path, req.query, req.headers, req.body)
             uresp = await cm.__aenter__()
         except asyncio.TimeoutError:
-            return self._error(req, t0, UpstreamTimeout.status, f"The upstream {up.base} did not "
+            return self._error(req, ctx, UpstreamTimeout.status, f"The upstream {up.base} did not "
                                "answer in time.", UpstreamTimeout.code, "server_error")
         except aiohttp.ClientError as e:
-            return self._error(req, t0, UpstreamError.status, f"The upstream {up.base} could not "
+            return self._error(req, ctx, UpstreamError.status, f"The upstream {up.base} could not "
                                f"be reached: {e}", UpstreamError.code, "server_error")
         try:
-            return await self._relay(wreq, req, uresp, record, t0, t_send)
+            return await self._relay(wreq, req, uresp, record, ctx, t_send)
         finally:
             await cm.__aexit__(None, None, None)
 
     async def _relay(self, wreq: web.Request, req: Request, uresp: aiohttp.ClientResponse,
-                     record: bool, t0: float, t_send: float) -> web.StreamResponse:
+                     record: bool, ctx: "_Ctx", t_send: float) -> web.StreamResponse:
         ttfb = (time.perf_counter() - t_send) * 1000
         # raw_headers keep the upstream's own spelling of names (aiohttp's parsed ones do not).
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in uresp.raw_headers]
@@ -185,7 +198,7 @@ class Proxy:
             try:
                 body = await uresp.read()
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                return self._error(req, t0, 502, f"The upstream's response broke off: {e}",
+                return self._error(req, ctx, 502, f"The upstream's response broke off: {e}",
                                    UpstreamError.code, "server_error")
             resp = web.Response(status=uresp.status, reason=uresp.reason, body=body)
             _set_headers(resp, out)
@@ -236,7 +249,7 @@ class Proxy:
         if record and complete and 200 <= uresp.status < 300:
             file = self._record(ex)
             kind = "record"
-        self._publish(ProxyEvent(kind, req, response, file=file, ms=_ms(t0),
+        self._publish(ctx, ProxyEvent(kind, req, response, file=file, ms=_ms(ctx),
                                  detail="" if complete else "upstream stream broke off"))
         return resp
 
@@ -263,5 +276,13 @@ def _name(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
-def _ms(t0: float) -> float:
-    return (time.perf_counter() - t0) * 1000
+@dataclass(slots=True)
+class _Ctx:
+    id: int
+    t0: float  # perf_counter at arrival
+    started_at: float  # epoch s at arrival
+    client: str
+
+
+def _ms(ctx: _Ctx) -> float:
+    return (time.perf_counter() - ctx.t0) * 1000
