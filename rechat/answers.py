@@ -32,12 +32,17 @@ _DROP_HEADERS = frozenset({
 
 @dataclass(slots=True)
 class Reply:
-    """An HTTP reply rechat builds itself: `body` whole, or `events` (SSE bytes) in order."""
+    """An HTTP reply rechat builds itself: `body` whole, or `events` (SSE bytes) in order.
+
+    `event_ms` holds the recorded arrival time (ms since the request) of each event when the
+    events are the recorded ones, so that `--latency` can replay their timing.
+    """
 
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
     events: list[bytes] | None = None
+    event_ms: list[float] | None = None  # recorded arrival times of `events`, when replayed as-is
 
 
 def now_iso() -> str:
@@ -169,7 +174,8 @@ def chat_reply(answer: Answer, req: Request) -> Reply:
         return Reply(200, [("Content-Type", "application/json")], body)
     headers = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")]
     if answer.meta.get("sse") and _unedited_stream(answer):
-        return Reply(200, headers, events=[encode_event(e) for e in answer.meta["sse"]])
+        return Reply(200, headers, events=[encode_event(e) for e in answer.meta["sse"]],
+                     event_ms=answer.meta.get("sse_ms"))
     opts = req.json.get("stream_options") if isinstance(req.json, dict) else None
     include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
     chunks = cc.synthesize(completion_for(answer, req), include_usage=include_usage)

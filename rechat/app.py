@@ -49,6 +49,13 @@ class Config:
     log_db: str | None = None  # default: <first sessions folder>/.rechat/log.sqlite
     log_max_age_days: float = 7.0
     ui_token: str | None = None
+    respond: bool = True  # answer from the sessions at all (the caching proxy's switch)
+    store: bool = True  # record at all (the caching proxy's other switch)
+    match: str = "default"  # default | exact | content
+    repeat: str = "last"  # last | cycle | first
+    fuzzy: float | None = None
+    diff: bool = False
+    latency: float = 0.0  # 0 = as fast as possible, 1 = as recorded
 
 
 @dataclass
@@ -70,10 +77,12 @@ CONFIG = web.AppKey("config", Config)
 def create_app(config: Config, hooks: Hooks | None = None) -> web.Application:
     """Return the aiohttp application for `config`. Raises ConfigError for a bad upstream."""
     hooks = hooks or Hooks()
-    store = Store(config.sessions, on_error=hooks.on_error)
+    store = Store(config.sessions, on_error=hooks.on_error, match=config.match,
+                  repeat=config.repeat)
     upstream = (Upstream(config.upstream, config.timeout_s)
                 if config.upstream and config.mode is not Mode.REPLAY else None)
-    proxy = Proxy(ProxyConfig(config.mode, upstream), store)
+    proxy = Proxy(ProxyConfig(config.mode, upstream, respond=config.respond, store=config.store,
+                              fuzzy=config.fuzzy, diff=config.diff, latency=config.latency), store)
     if hooks.on_event:
         proxy.subscribe(hooks.on_event)
 

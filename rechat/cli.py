@@ -1,13 +1,12 @@
-"""The command line (typer): `rechat serve|record|replay`, thin over app.serve.
+"""The command line (typer): `rechat serve|record|replay|passthrough`, thin over app.serve.
 
 Owns argument parsing, `RECHAT_*` environment variables and the `rechat URL` shorthand; the
 only module that imports typer. Everything it does is build a Config and hand it to
 `app.serve` with the console's callbacks.
 """
 
-from __future__ import annotations
-
 import asyncio
+import inspect
 import sys
 from typing import Annotated, Optional
 
@@ -26,88 +25,142 @@ cli = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-Upstream = Annotated[str, typer.Argument(envvar="RECHAT_UPSTREAM", show_default=True, metavar="UPSTREAM",
+
+def _opt(*names: str, env: str, help: str, metavar: str | None = None, **kw):
+    return typer.Option(*names, envvar=f"RECHAT_{env}", help=help, metavar=metavar, **kw)
+
+
+Upstream = Annotated[str, typer.Argument(envvar="RECHAT_UPSTREAM", metavar="UPSTREAM",
                                          help="Upstream base URL; /v1/X goes to UPSTREAM/X.")]
-Host = Annotated[str, typer.Option("--host", envvar="RECHAT_HOST", metavar="HOST", help="Address to listen on.")]
-Port = Annotated[int, typer.Option("--port", "-p", envvar="RECHAT_PORT", metavar="PORT",
-                                   help="Port to listen on (0 picks a free one).")]
-Sessions = Annotated[Optional[list[str]], typer.Option(
-    "--sessions", "-s", envvar="RECHAT_SESSIONS", metavar="DIR",
+Host = Annotated[str, _opt("--host", env="HOST", metavar="HOST", help="Address to listen on.")]
+Port = Annotated[int, _opt("--port", "-p", env="PORT", metavar="PORT",
+                           help="Port to listen on (0 picks a free one).")]
+Sessions = Annotated[Optional[list[str]], _opt(
+    "--sessions", "-s", env="SESSIONS", metavar="DIR",
     help="Sessions folder (repeatable; the first receives recordings). [default: ./sessions]")]
-Timeout = Annotated[float, typer.Option("--timeout", envvar="RECHAT_TIMEOUT", metavar="SECONDS",
-                                        help="Upstream connect/read timeout in seconds.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", envvar="RECHAT_QUIET",
-                                     help="Print only errors.")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", envvar="RECHAT_VERBOSE",
-                                       help="Also print request parameters and timings.")]
-NoWatch = Annotated[bool, typer.Option("--no-watch", envvar="RECHAT_NO_WATCH",
-                                       help="Do not reload session files edited while running.")]
-NoUI = Annotated[bool, typer.Option("--no-ui", envvar="RECHAT_NO_UI",
-                                    help="Do not serve the web UI and request log.")]
-LogDb = Annotated[Optional[str], typer.Option(
-    "--log-db", envvar="RECHAT_LOG_DB", metavar="PATH",
-    help="Request log database. [default: SESSIONS/.rechat/log.sqlite]")]
-LogAge = Annotated[float, typer.Option("--log-max-age-days", envvar="RECHAT_LOG_MAX_AGE_DAYS",
-                                       metavar="DAYS", help="Delete request log rows older than this.")]
-UIToken = Annotated[Optional[str], typer.Option("--ui-token", envvar="RECHAT_UI_TOKEN", metavar="TOKEN",
-                                                help="Require this token for the web UI and its API.")]
+Timeout = Annotated[float, _opt("--timeout", env="TIMEOUT", metavar="SECONDS",
+                                help="Upstream connect/read timeout in seconds.")]
+ModeOpt = Annotated[Optional[str], _opt(
+    "--mode", "-m", env="MODE", metavar="MODE",
+    help="Record mode: serve, record, replay or passthrough (overrides the command).")]
+Respond = Annotated[bool, _opt("--respond-from-cache/--no-respond-from-cache", env="RESPOND_FROM_CACHE",
+                               help="Answer hits from the sessions at all.")]
+Store = Annotated[bool, _opt("--store/--no-store", env="STORE", help="Record forwarded exchanges at all.")]
+Match = Annotated[str, _opt("--match", env="MATCH", metavar="RULE",
+                            help="What makes two requests the same: default, exact (every body "
+                                 "field) or content (only the messages).")]
+Repeat = Annotated[str, _opt("--repeat", env="REPEAT", metavar="ORDER",
+                             help="After the recorded answers run out: last, cycle or first.")]
+Fuzzy = Annotated[Optional[float], _opt(
+    "--fuzzy", env="FUZZY", metavar="THRESHOLD",
+    help="On a miss, serve the nearest recorded answer if its similarity (0..1) reaches this.")]
+Diff = Annotated[bool, _opt("--diff", env="DIFF",
+                            help="On a miss, print a diff against the nearest recorded request.")]
+Latency = Annotated[str, _opt("--latency", env="LATENCY", metavar="none|recorded|FACTOR",
+                              help="Replay with no delay, the recorded timing, or it scaled.")]
+Quiet = Annotated[bool, _opt("--quiet", "-q", env="QUIET", help="Print only errors.")]
+Verbose = Annotated[bool, _opt("--verbose", "-v", env="VERBOSE",
+                               help="Also print request parameters and timings.")]
+NoWatch = Annotated[bool, _opt("--no-watch", env="NO_WATCH",
+                               help="Do not reload session files edited while running.")]
+NoUI = Annotated[bool, _opt("--no-ui", env="NO_UI", help="Do not serve the web UI and request log.")]
+LogDb = Annotated[Optional[str], _opt("--log-db", env="LOG_DB", metavar="PATH",
+                                      help="Request log database. [default: SESSIONS/.rechat/log.sqlite]")]
+LogAge = Annotated[float, _opt("--log-max-age-days", env="LOG_MAX_AGE_DAYS", metavar="DAYS",
+                               help="Delete request log rows older than this.")]
+UIToken = Annotated[Optional[str], _opt("--ui-token", env="UI_TOKEN", metavar="TOKEN",
+                                        help="Require this token for the web UI and its API.")]
 
 
-def _run(mode: Mode, upstream: str | None, sessions: list[str] | None, host: str, port: int,
-         timeout: float, quiet: bool, verbose: bool, no_watch: bool, no_ui: bool,
-         log_db: str | None, log_max_age_days: float, ui_token: str | None) -> None:
-    view = ConsoleView("quiet" if quiet else "verbose" if verbose else "normal")
-    config = Config(mode=mode, upstream=upstream, sessions=sessions or ["sessions"], host=host,
-                    port=port, timeout_s=timeout, watch=not no_watch, ui=not no_ui,
-                    log_db=log_db, log_max_age_days=log_max_age_days, ui_token=ui_token)
+def parse_latency(text: str) -> float:
+    """Return the replay latency factor for `none`, `recorded` or a number >= 0."""
+    t = text.strip().lower()
+    if t in ("none", "0", ""):
+        return 0.0
+    if t == "recorded":
+        return 1.0
+    try:
+        f = float(t)
+    except ValueError:
+        f = -1.0
+    if f < 0:
+        raise ConfigError(f"--latency takes none, recorded or a factor >= 0, not {text!r}")
+    return f
+
+
+def _run(command_mode: Mode, upstream: str | None, sessions: list[str] | None, **o) -> None:
+    view = ConsoleView("quiet" if o["quiet"] else "verbose" if o["verbose"] else "normal",
+                       show_diff=o["diff"])
     hooks = Hooks(on_event=view.event, on_error=view.session_error, on_reload=view.reloaded,
                   on_progress=view.progress, on_ready=view.ready)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        view.out.print(f"[bold yellow]warning:[/] listening on {host}: anyone who can reach it "
-                       "can use your upstream credentials' answers.")
     try:
+        mode = Mode.parse(o["mode"]) if o["mode"] else command_mode
+        config = Config(
+            mode=mode, upstream=upstream, sessions=sessions or ["sessions"], host=o["host"],
+            port=o["port"], timeout_s=o["timeout"], watch=not o["no_watch"], ui=not o["no_ui"],
+            log_db=o["log_db"], log_max_age_days=o["log_max_age_days"], ui_token=o["ui_token"],
+            respond=o["respond"], store=o["store"], match=o["match"], repeat=o["repeat"],
+            fuzzy=o["fuzzy"], diff=o["diff"], latency=parse_latency(o["latency"]))
+        if config.fuzzy is not None and not 0 <= config.fuzzy <= 1:
+            raise ConfigError(f"--fuzzy takes a similarity between 0 and 1, not {config.fuzzy}")
+        if config.host not in ("127.0.0.1", "localhost", "::1"):
+            view.out.print(f"[bold yellow]warning:[/] listening on {config.host}: anyone who can "
+                           "reach it can use your upstream through it and read the sessions.")
         asyncio.run(serve(config, hooks))
     except ConfigError as e:
         view.out.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(2)
     except OSError as e:
-        view.out.print(f"[bold red]error:[/] cannot listen on {host}:{port}: {e.strerror or e}")
+        view.out.print(f"[bold red]error:[/] cannot listen on {o['host']}:{o['port']}: "
+                       f"{e.strerror or e}")
         raise typer.Exit(1)
     finally:
         view.summary()
 
 
-@cli.command("serve")
-def serve_cmd(upstream: Upstream = DEFAULT_UPSTREAM, host: Host = "127.0.0.1", port: Port = 8910,
-              sessions: Sessions = None, timeout: Timeout = 600.0, quiet: Quiet = False,
-              verbose: Verbose = False, no_watch: NoWatch = False, no_ui: NoUI = False,
-              log_db: LogDb = None, log_max_age_days: LogAge = 7.0, ui_token: UIToken = None) -> None:
-    """Answer from the sessions when a request matches; forward, record and answer otherwise."""
-    _run(Mode.SERVE, upstream, sessions, host, port, timeout, quiet, verbose, no_watch, no_ui,
-         log_db, log_max_age_days, ui_token)
+# Every mode's command takes the same options (typer has no option groups): name, type, default.
+_COMMON = [
+    ("host", Host, "127.0.0.1"), ("port", Port, 8910), ("sessions", Sessions, None),
+    ("timeout", Timeout, 600.0), ("mode", ModeOpt, None), ("respond", Respond, True),
+    ("store", Store, True), ("match", Match, "default"), ("repeat", Repeat, "last"),
+    ("fuzzy", Fuzzy, None), ("diff", Diff, False), ("latency", Latency, "none"),
+    ("quiet", Quiet, False), ("verbose", Verbose, False), ("no_watch", NoWatch, False),
+    ("no_ui", NoUI, False), ("log_db", LogDb, None), ("log_max_age_days", LogAge, 7.0),
+    ("ui_token", UIToken, None),
+]
+_DIRS = Annotated[Optional[list[str]], typer.Argument(
+    metavar="DIR", show_default=False, help="Sessions folders (same as --sessions).")]
 
 
-@cli.command("record")
-def record_cmd(upstream: Upstream = DEFAULT_UPSTREAM, host: Host = "127.0.0.1", port: Port = 8910,
-               sessions: Sessions = None, timeout: Timeout = 600.0, quiet: Quiet = False,
-               verbose: Verbose = False, no_watch: NoWatch = False, no_ui: NoUI = False,
-               log_db: LogDb = None, log_max_age_days: LogAge = 7.0, ui_token: UIToken = None) -> None:
-    """Always forward and record; never answer from the sessions."""
-    _run(Mode.RECORD, upstream, sessions, host, port, timeout, quiet, verbose, no_watch, no_ui,
-         log_db, log_max_age_days, ui_token)
+def _command(mode: Mode, doc: str, takes_upstream: bool):
+    """Return the typer command of one record mode: its positional argument, then _COMMON."""
+
+    def command(**o) -> None:
+        upstream = o.pop("upstream", None)
+        dirs = o.pop("dirs", None) or []
+        _run(mode, upstream, dirs + (o.pop("sessions") or []), **o)
+
+    first = (inspect.Parameter("upstream", inspect.Parameter.KEYWORD_ONLY,
+                               default=DEFAULT_UPSTREAM, annotation=Upstream) if takes_upstream
+             else inspect.Parameter("dirs", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                    annotation=_DIRS))
+    command.__signature__ = inspect.Signature([first] + [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a)
+        for n, a, d in _COMMON])
+    command.__doc__ = doc
+    return command
 
 
-@cli.command("replay")
-def replay_cmd(dirs: Annotated[Optional[list[str]], typer.Argument(
-                   metavar="DIR", show_default=False,
-                   help="Sessions folders (same as --sessions).")] = None,
-               host: Host = "127.0.0.1", port: Port = 8910, sessions: Sessions = None,
-               quiet: Quiet = False, verbose: Verbose = False, no_watch: NoWatch = False,
-               no_ui: NoUI = False, log_db: LogDb = None, log_max_age_days: LogAge = 7.0,
-               ui_token: UIToken = None) -> None:
-    """Answer only from the sessions; never contact an upstream. A miss is a 404."""
-    _run(Mode.REPLAY, None, (dirs or []) + (sessions or []), host, port, 600.0, quiet, verbose,
-         no_watch, no_ui, log_db, log_max_age_days, ui_token)
+for _name, _mode, _doc, _up in [
+    ("serve", Mode.SERVE, "Answer from the sessions when a request matches; forward, record and "
+                          "answer otherwise.", True),
+    ("record", Mode.RECORD, "Always forward and record; never answer from the sessions.", True),
+    ("replay", Mode.REPLAY, "Answer only from the sessions; never contact an upstream. A miss is "
+                            "a 404.", False),
+    ("passthrough", Mode.PASSTHROUGH, "Always forward; record nothing (the console and log still "
+                                      "show every exchange).", True),
+]:
+    cli.command(_name)(_command(_mode, _doc, _up))
 
 
 @cli.command("version")
@@ -116,7 +169,7 @@ def version_cmd() -> None:
     print(__version__)
 
 
-_COMMANDS = {"serve", "record", "replay", "version"}
+_COMMANDS = {"serve", "record", "replay", "passthrough", "version"}
 
 
 def main(argv: list[str] | None = None) -> None:

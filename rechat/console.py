@@ -34,8 +34,10 @@ _LIMIT = 1200  # characters of a message shown without --verbose
 class ConsoleView:
     """Prints events; `level` is "quiet", "normal" or "verbose"."""
 
-    def __init__(self, level: str = "normal", console: Console | None = None) -> None:
+    def __init__(self, level: str = "normal", console: Console | None = None,
+                 show_diff: bool = False) -> None:
         self.level = level
+        self.show_diff = show_diff
         self.out = console or Console(highlight=False, soft_wrap=True)
         self.counts: Counter[str] = Counter()
         self.saved_ms = 0.0
@@ -108,7 +110,10 @@ class ConsoleView:
         req = ev.request
         body = req.json if isinstance(req.json, dict) else {}
         status = ev.response.status if ev.response is not None else 404
-        head = Text.assemble((f"[{_LABEL[ev.kind]}]", _STYLE[ev.kind]), " ",
+        label = _LABEL[ev.kind]
+        if ev.kind == "replay" and ev.similarity is not None:
+            label = f"replayed fuzzy {ev.similarity:.2f}"
+        head = Text.assemble((f"[{label}]", _STYLE[ev.kind]), " ",
                              f"{req.method} {req.path} {status}")
         if body.get("model"):
             head.append(f" · {body['model']}", "magenta")
@@ -118,6 +123,8 @@ class ConsoleView:
         if ev.file:
             head.append(f" · {ev.file.rsplit('/', 1)[-1]}", "dim")
         self.out.print(head)
+        if self.show_diff and ev.diff:
+            self._diff(ev.diff)
         if ev.detail:
             self.out.print(Padding(Text(ev.detail, style="red" if ev.kind != "forward" else "dim"),
                                    (0, 0, 0, 2)))
@@ -138,6 +145,11 @@ class ConsoleView:
         answer = self._answer(ev)
         if answer:
             self._message(answer)
+
+    def _diff(self, lines: list[str]) -> None:
+        style = {"+": "green", "-": "red", "@": "cyan"}
+        for line in lines:
+            self.out.print(Padding(Text(line, style=style.get(line[:1], "dim")), (0, 0, 0, 2)))
 
     def _answer(self, ev: ProxyEvent) -> dict | None:
         if ev.answer is not None and ev.answer.message is not None:

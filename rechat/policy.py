@@ -52,17 +52,24 @@ TABLE: dict[Mode, tuple[Action, Action, bool]] = {
 }
 
 
-def looks_up(mode: Mode) -> bool:
+def looks_up(mode: Mode, respond: bool = True) -> bool:
     """True when `mode` consults the sessions at all (a hit changes what happens)."""
     hit, miss, _ = TABLE[mode]
-    return hit != miss
+    return hit != miss and respond
 
 
-def decide(mode: Mode, hit: bool) -> Action:
-    """Return the action for a request under `mode`, given whether the sessions hold an answer."""
-    return TABLE[mode][0 if hit else 1]
+def decide(mode: Mode, hit: bool, respond: bool = True) -> Action:
+    """Return the action for a request under `mode`, given whether the sessions hold an answer.
+
+    `respond=False` is the caching proxy's RESPOND_WITH_CACHE=false switch: a hit is treated
+    as a miss (seed: openai-caching-proxy-README.md).
+    """
+    return TABLE[mode][0 if hit and respond else 1]
 
 
-def records(mode: Mode) -> bool:
-    """True when exchanges forwarded under `mode` are written to the sessions."""
-    return TABLE[mode][2]
+def records(mode: Mode, store: bool = True) -> bool:
+    """True when exchanges forwarded under `mode` are written to the sessions.
+
+    `store=False` is the caching proxy's STORE_CACHE=false switch.
+    """
+    return TABLE[mode][2] and store

@@ -28,7 +28,7 @@ from rechat import answers
 from rechat.errors import UpstreamError, UpstreamTimeout, error_body
 from rechat.exchange import Answer, Exchange, Request, Response
 from rechat.fingerprint import request_params
-from rechat.matching import nearest
+from rechat.matching import diff, nearest, request_text
 from rechat.policy import Action, Mode, decide, looks_up, records
 from rechat.sse import SSEParser
 from rechat.store import Store
@@ -57,6 +57,8 @@ class ProxyEvent:
     ms: float = 0.0
     detail: str = ""
     position: tuple[int, int] | None = None  # (play position, answers) of a replay
+    similarity: float | None = None  # of a fuzzy replay, or of the nearest request to a miss
+    diff: list[str] | None = None  # unified diff nearest-recorded -> this request, on a miss
     id: int = 0
     started_at: float = 0.0
     client: str = ""
@@ -64,10 +66,22 @@ class ProxyEvent:
 
 @dataclass
 class ProxyConfig:
-    """The proxy's settings. `upstream` may be None in replay mode."""
+    """The proxy's settings.
+
+    `upstream` may be None in replay mode. `respond`/`store` are the caching proxy's two
+    switches (answer from the sessions at all; record at all). `fuzzy` (0..1) serves the nearest
+    recorded answer on a miss when its similarity reaches it; `diff` attaches the diff against
+    the nearest recorded request to miss events; `latency` scales the recorded timing on replay
+    (0: as fast as possible, 1: as recorded).
+    """
 
     mode: Mode = Mode.SERVE
     upstream: Upstream | None = None
+    respond: bool = True
+    store: bool = True
+    fuzzy: float | None = None
+    diff: bool = False
+    latency: float = 0.0
 
 
 class Proxy:
@@ -102,23 +116,38 @@ class Proxy:
         req = Request(wreq.method, wreq.raw_path.split("?", 1)[0], wreq.query_string,
                       list(wreq.headers.items()), await wreq.read())
         self._publish(ctx, ProxyEvent("start", req))
-        mode = self.config.mode
-        hit = self.store.lookup(req) if looks_up(mode) else None
-        action = decide(mode, hit is not None)
+        cfg = self.config
+        hit = self.store.lookup(req) if looks_up(cfg.mode, cfg.respond) else None
+        action = decide(cfg.mode, hit is not None, cfg.respond)
         if action is Action.REPLAY:
             assert hit is not None
             return await self._replay(wreq, req, hit.answer, ctx, (hit.position, hit.count))
+        near = None
+        if req.is_chat and (action is Action.MISS or cfg.diff or cfg.fuzzy is not None):
+            near = nearest(request_params(req.json), req.json["messages"],
+                           self.store.requests(req.path))
+            if (near is not None and cfg.fuzzy is not None and cfg.respond
+                    and near.similarity >= cfg.fuzzy):
+                answer = self.store.answer_at(near.file, near.line)
+                if answer is not None:
+                    return await self._replay(wreq, req, answer, ctx, None, near.similarity)
+        miss = _miss_info(req, near) if near is not None else {}
         if action is Action.MISS:
-            return self._miss(req, ctx)
-        return await self._forward(wreq, req, records(mode), ctx)
+            return self._miss(req, ctx, near, miss)
+        return await self._forward(wreq, req, records(cfg.mode, cfg.store), ctx, miss)
 
     # -- replay ----------------------------------------------------------------------------
 
     async def _replay(self, wreq: web.Request, req: Request, answer: Answer, ctx: "_Ctx",
-                      position: tuple[int, int]) -> web.StreamResponse:
+                      position: tuple[int, int] | None,
+                      similarity: float | None = None) -> web.StreamResponse:
         reply = (answers.chat_reply(answer, req) if answer.kind == "chat"
                  else answers.generic_reply(answer))
-        tag = ("x-rechat", f"replay; session={_name(answer.session)}")
+        fuzzy = f"fuzzy={similarity:.2f}; " if similarity is not None else ""
+        tag = ("x-rechat", f"replay; {fuzzy}session={_name(answer.session)}")
+        delays = _delays(answer, reply, self.config.latency)
+        if delays[0]:
+            await asyncio.sleep(delays[0])
         if reply.events is None:
             resp = web.Response(status=reply.status, body=reply.body)
             _set_headers(resp, reply.headers + [tag])
@@ -127,30 +156,29 @@ class Proxy:
             _set_headers(resp, reply.headers + [tag])
             await resp.prepare(wreq)
             try:
-                for ev in reply.events:
+                for i, ev in enumerate(reply.events):
+                    if i and delays[i]:
+                        await asyncio.sleep(delays[i])
                     await resp.write(ev)
                 await resp.write_eof()
             except ConnectionError:
                 pass  # the client left; nothing to record on replay
         self._publish(ctx, ProxyEvent("replay", req, Response(reply.status, reply.headers, reply.body),
                                  answer=answer, file=answer.session, ms=_ms(ctx),
-                                 position=position))
+                                 position=position, similarity=similarity))
         return resp
 
-    def _miss(self, req: Request, ctx: "_Ctx") -> web.Response:
+    def _miss(self, req: Request, ctx: "_Ctx", near=None, miss: dict | None = None) -> web.Response:
         detail = ""
-        body = req.json
-        if req.is_chat:
-            near = nearest(request_params(body), body["messages"], self.store.requests(req.path))
-            if near is not None:
-                detail = (f" The nearest recorded request is the one answered at "
-                          f"{near.file}:{near.line} (similarity {near.similarity:.2f}).")
-        elif req.json_error and req.body:
+        if near is not None:
+            detail = (f" The nearest recorded request is the one answered at "
+                      f"{near.file}:{near.line} (similarity {near.similarity:.2f}).")
+        elif not req.is_chat and req.json_error and req.body:
             return self._error(req, ctx, 400, f"The request body is not valid JSON: "
                                f"{req.json_error}.", "invalid_json")
         msg = (f"rechat replay: no recorded answer matches {req.method} {req.path}.{detail}"
                " Record it with `rechat record` or write it into a session file.")
-        self._publish(ctx, ProxyEvent("miss", req, ms=_ms(ctx), detail=detail.strip()))
+        self._publish(ctx, ProxyEvent("miss", req, ms=_ms(ctx), detail=detail.strip(), **(miss or {})))
         return web.Response(status=404, body=error_body(msg, "invalid_request_error", "rechat_miss"),
                             content_type="application/json")
 
@@ -163,7 +191,7 @@ class Proxy:
     # -- forward ---------------------------------------------------------------------------
 
     async def _forward(self, wreq: web.Request, req: Request, record: bool,
-                       ctx: "_Ctx") -> web.StreamResponse:
+                       ctx: "_Ctx", miss: dict | None = None) -> web.StreamResponse:
         up = self.config.upstream
         if up is None:
             return self._error(req, ctx, 502, "rechat has no upstream configured.",
@@ -179,12 +207,12 @@ class Proxy:
             return self._error(req, ctx, UpstreamError.status, f"The upstream {up.base} could not "
                                f"be reached: {e}", UpstreamError.code, "server_error")
         try:
-            return await self._relay(wreq, req, uresp, record, ctx, t_send)
+            return await self._relay(wreq, req, uresp, record, ctx, t_send, miss or {})
         finally:
             await cm.__aexit__(None, None, None)
 
     async def _relay(self, wreq: web.Request, req: Request, uresp: aiohttp.ClientResponse,
-                     record: bool, ctx: "_Ctx", t_send: float) -> web.StreamResponse:
+                     record: bool, ctx: "_Ctx", t_send: float, miss: dict) -> web.StreamResponse:
         ttfb = (time.perf_counter() - t_send) * 1000
         # raw_headers keep the upstream's own spelling of names (aiohttp's parsed ones do not).
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in uresp.raw_headers]
@@ -250,7 +278,7 @@ class Proxy:
             file = self._record(ex)
             kind = "record"
         self._publish(ctx, ProxyEvent(kind, req, response, file=file, ms=_ms(ctx),
-                                 detail="" if complete else "upstream stream broke off"))
+                                 detail="" if complete else "upstream stream broke off", **miss))
         return resp
 
     def _record(self, ex: Exchange) -> str | None:
@@ -262,6 +290,35 @@ class Proxy:
         except Exception:  # recording must never cost the client its answer
             log.exception("could not record %s %s", ex.request.method, ex.request.path)
             return None
+
+
+def _miss_info(req: Request, near) -> dict:
+    # What a miss event carries about the nearest recorded request: its similarity and the diff.
+    mine = request_text({k: v for k, v in request_params(req.json).items()}, req.json["messages"])
+    return {"similarity": near.similarity,
+            "diff": diff(near.text, mine, f"{near.file}:{near.line}", "this request")}
+
+
+def _delays(answer: Answer, reply: answers.Reply, factor: float) -> list[float]:
+    """Seconds to wait before the reply (index 0) and before each further SSE event.
+
+    Follows the recorded time to first byte and gaps between events, scaled by `factor`;
+    a reply whose events were not recorded spreads the recorded total evenly.
+    """
+    n = len(reply.events) if reply.events is not None else 1
+    if not factor:
+        return [0.0] * n
+    ms = answer.meta.get("ms") or {}
+    ttfb, total = float(ms.get("ttfb") or 0), float(ms.get("total") or 0)
+    if reply.events is None:
+        return [total * factor / 1000]
+    at = reply.event_ms
+    if not at or len(at) != n:
+        step = max(total - ttfb, 0) / max(n - 1, 1)
+        at = [ttfb + i * step for i in range(n)]
+    out = [at[0] * factor / 1000]
+    out += [max(b - a, 0) * factor / 1000 for a, b in zip(at, at[1:])]
+    return out
 
 
 def _set_headers(resp: web.StreamResponse, headers: list[tuple[str, str]]) -> None:

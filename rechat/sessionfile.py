@@ -49,6 +49,10 @@ _QUOTE_RULE = (r"^ {0,3}<blockquote>[ \t]*\r?\n(?P<rq_body>[\s\S]*?)^ {0,3}</blo
 _COMMENT_RULE = r"^<!-- rechat:(?P<rc_kind>[a-z_]+) (?P<rc_json>[^\n]*?) -->[ \t]*\r?$"
 _ATTR = re.compile(r'\s+(?:(?P<k>[A-Za-z_][\w.-]*)=(?P<v>"(?:[^"\\]|\\.)*"|\S+)|(?P<w>[^\s=]+))')
 _BARE = re.compile(r"[A-Za-z0-9_./:@+-]+\Z")
+_ATTR_KEY = re.compile(r"[A-Za-z_][\w.-]*\Z")  # a key `_ATTR` reads back
+_LABEL = re.compile(r"[a-z_][a-z0-9_]*\Z")  # a `#### label` that reads back as itself
+# Labels with a meaning of their own; a message field of that name is kept in rechat:fields.
+_RESERVED_LABELS = ("content", "refusal", "part", "tool_call")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +187,8 @@ def _part_form(part: Any) -> tuple[str | None, dict, str] | None:
         key = "url" if t == "image_url" else "data"
         rest = {k: v for k, v in inner.items() if k != key}
         if isinstance(inner.get(key), str) and all(
-                isinstance(v, (str, int, float, bool)) for v in rest.values()) and "type" not in rest:
+                isinstance(v, (str, int, float, bool)) and _ATTR_KEY.match(k)
+                for k, v in rest.items()) and "type" not in rest:
             return t, rest, inner[key]
     return None
 
@@ -204,9 +209,10 @@ def render_message(message: dict, response: dict | None = None) -> list[str]:
     for k, v in message.items():
         if k in ("role", "content", "tool_calls", "refusal") or v is None:
             continue
-        if k in HEADING_FIELDS or (isinstance(v, (int, float, bool)) and not isinstance(v, str)):
+        if _ATTR_KEY.match(k) and (isinstance(v, (int, float, bool))
+                                   or (k in HEADING_FIELDS and isinstance(v, str))):
             attrs[k] = v
-        elif isinstance(v, str):
+        elif isinstance(v, str) and _LABEL.match(k) and k not in _RESERVED_LABELS:
             strings.append((k, v))
         else:
             hidden[k] = v
@@ -224,10 +230,14 @@ def render_message(message: dict, response: dict | None = None) -> list[str]:
     elif content is not None and not isinstance(content, str):
         hidden["content"] = content
     tool_calls = message.get("tool_calls")
-    if tool_calls and not all(_tool_call_readable(tc) for tc in tool_calls):
+    if tool_calls is not None and not (
+            isinstance(tool_calls, list) and all(_tool_call_readable(tc) for tc in tool_calls)):
         hidden["tool_calls"] = tool_calls
         tool_calls = None
     refusal = message.get("refusal")
+    if refusal is not None and not isinstance(refusal, str):
+        hidden["refusal"] = refusal
+        refusal = None
 
     out = ["", _heading("###", role, None, attrs)]
     if hidden:
@@ -241,8 +251,6 @@ def render_message(message: dict, response: dict | None = None) -> list[str]:
         out += ["", *quote(content)]
     if isinstance(refusal, str):
         out += ["", "#### refusal", "", *quote(refusal)]
-    elif refusal is not None:
-        raise ValueError("refusal must be a string")
     for ptype, pattrs, text in parts:
         out += ["", _heading("####", "part", ptype, pattrs), "", *quote(text)]
     for tc in tool_calls or ():
@@ -256,11 +264,27 @@ def render_message(message: dict, response: dict | None = None) -> list[str]:
     return out
 
 
+class _Dumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, but strings holding NEL are double-quoted (escaped).
+
+    PyYAML can write U+0085 raw inside a single-quoted scalar, where the loader reads it
+    as a line break and folds it into a space; in double quotes it is escaped as `\\N`.
+    """
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = '"' if "\x85" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def _front_matter(data: dict) -> list[str]:
     if not data:
         return []
-    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False,
-                          width=100)
+    text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True,
+                     default_flow_style=False, width=100)
     return ["---", *text.rstrip("\n").split("\n"), "---"]
 
 
@@ -377,6 +401,13 @@ class _Blocks(BlockParser):
         state.tokens[-1]["pos"] = m.start()
         return end
 
+    def parse_raw_html(self, m: re.Match, state: BlockState) -> int | None:
+        n = len(state.tokens)
+        end = super().parse_raw_html(m, state)
+        if len(state.tokens) > n:
+            state.tokens[-1]["pos"] = m.start()
+        return end
+
     def parse_fenced_code(self, m: re.Match, state: BlockState) -> int | None:
         end = super().parse_fenced_code(m, state)
         if state.tokens and state.tokens[-1]["type"] == "block_code":
@@ -441,7 +472,10 @@ def _split_front_matter(text: str, file: str) -> tuple[dict, str, int]:
         data = _yaml.load(fm)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        line = mark.line + 2 if mark is not None else 1
+        # `fm` starts where the opening `---` match ends: on line 1, unless it ate blank lines.
+        opening = _yaml.FM_BOUNDARY.match(text)
+        first_fm = text.count("\n", 0, opening.end() if opening else 0) + 1
+        line = first_fm + mark.line if mark is not None else 1
         raise SessionFormatError(file, line, f"front matter is not valid YAML: "
                                  f"{getattr(e, 'problem', None) or e}") from None
     if data is None:
@@ -523,6 +557,8 @@ def _read_chat(s: Session, tokens: list[dict], lines: _Lines) -> None:
         t = tok["type"]
         if t == "heading" and tok["attrs"]["level"] in (3, 4):
             ln = lines.at(tok["pos"])
+            if not tok["text"]:
+                raise _Bad(ln, f"empty {'#' * tok['attrs']['level']} heading")
             head, *rest = tok["text"].split(None, 1)
             try:
                 words, attrs = _attrs(" " + rest[0] if rest else "")
@@ -537,6 +573,9 @@ def _read_chat(s: Session, tokens: list[dict], lines: _Lines) -> None:
                 if words:
                     raise _Bad(ln, f"unexpected {words[0]!r} after ### {role} "
                                    "(attributes are written key=value)")
+                if "role" in attrs:
+                    raise _Bad(ln, f"### {role} has a role= attribute; the role is the word "
+                                   "after ###")
                 msg = {"role": role, **attrs}
                 s.messages.append(msg)
                 s.lines.append(ln)
@@ -623,7 +662,7 @@ def _read_generic(s: Session, tokens: list[dict], lines: _Lines) -> None:
         t = tok["type"]
         if t == "heading" and tok["attrs"]["level"] == 3:
             ln = lines.at(tok["pos"])
-            words = tok["text"].split()
+            words = tok["text"].split() or [""]
             if words[0] == "request":
                 ex = GenericExchange(request_body=b"", status=0, body=b"", line=ln)
                 s.exchanges.append(ex)

@@ -27,11 +27,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
+from rechat import answers
 from rechat import sessionfile as sf
-from rechat.errors import SessionFormatError
+from rechat.errors import ConfigError, SessionFormatError
 from rechat.exchange import CHAT_PATH, Answer, Exchange, Request
 from rechat.fingerprint import (VOLATILE_FIELDS, canonical, clean_query, digest, fingerprint,
                                 normalize_message, request_params)
+
+
+MATCH_MODES = ("default", "exact", "content")
+REPEAT_MODES = ("last", "cycle", "first")
 
 
 def chain(path: str, messages: Iterable) -> list[str]:
@@ -114,12 +119,19 @@ class Store:
 
     `dirs` are the folders loaded (recursively, `*.md`, skipping dot-files and dot-folders);
     new sessions are written to `dirs[0]`. `on_error(err)` is called with each
-    `SessionFormatError` met while loading or reloading.
+    `SessionFormatError` met while loading or reloading. `match` is one of `MATCH_MODES`,
+    `repeat` one of `REPEAT_MODES` (docs/usage.md, "Matching"); others raise ConfigError.
     """
 
-    def __init__(self, dirs: list[str], on_error: Callable[[SessionFormatError], None] | None = None):
+    def __init__(self, dirs: list[str], on_error: Callable[[SessionFormatError], None] | None = None,
+                 match: str = "default", repeat: str = "last"):
         if not dirs:
             raise ValueError("the store needs at least one sessions folder")
+        if match not in MATCH_MODES:
+            raise ConfigError(f"unknown match mode {match!r}; valid: {', '.join(MATCH_MODES)}")
+        if repeat not in REPEAT_MODES:
+            raise ConfigError(f"unknown repeat mode {repeat!r}; valid: {', '.join(REPEAT_MODES)}")
+        self.match, self.repeat = match, repeat
         self.dirs = [os.path.abspath(d) for d in dirs]
         self.on_error = on_error or (lambda e: None)
         self.files: dict[str, _File] = {}
@@ -257,7 +269,8 @@ class Store:
         """Return the answer for `req`, or None on a miss.
 
         With `play`, the group's play count advances: answers are served in recorded order,
-        then the last one repeats (docs/format.md, "Several answers").
+        then, by `repeat`, the last one repeats ("last"), the order starts over ("cycle") or the
+        first one repeats ("first").
         """
         gid, answers = self._candidates(req)
         if not answers:
@@ -265,7 +278,10 @@ class Store:
         n = self.plays.get(gid, 0)
         if play:
             self.plays[gid] = n + 1
-        pos = min(n, len(answers) - 1)
+        if n < len(answers):
+            pos = n
+        else:
+            pos = {"last": len(answers) - 1, "cycle": n % len(answers), "first": 0}[self.repeat]
         return Hit(answers[pos], pos, len(answers))
 
     def _candidates(self, req: Request) -> tuple[str, list[Answer]]:
@@ -275,6 +291,12 @@ class Store:
             groups = self.chat.get(key)
             if not groups:
                 return "", []
+            if self.match == "content":
+                # Only the messages count: every group's answers, in recorded order.
+                merged = sorted((a for g in groups.values() for a in g.answers), key=_order)
+                return key, merged
+            if self.match == "exact":
+                return self._exact(key, groups, body)
             best: tuple[str, Group] | None = None
             rc: dict[str, str] = {}
             for pk, g in groups.items():
@@ -293,6 +315,61 @@ class Store:
             return (key + best[0], best[1].answers) if best else ("", [])
         fp = fingerprint(req.method, req.path, req.query, req.body, body)
         return fp, self.generic.get(fp, [])
+
+    def _exact(self, key: str, groups: dict[str, Group], body: dict) -> tuple[str, list[Answer]]:
+        # Every body field counts: the params equal the front matter's exactly, and the volatile
+        # fields equal those the answer was recorded with.
+        pk = params_key(request_params(body))
+        g = groups.get(pk)
+        if g is None:
+            return "", []
+        volatile = {k: body[k] for k in body if k in VOLATILE_FIELDS}
+        vk = canonical(volatile)
+        answers = [a for a in g.answers if canonical(a.meta.get("request", {})) == vk]
+        return key + pk + digest(vk), answers
+
+    def remember(self, exchange: Exchange, source: str, index: int = 0) -> bool:
+        """Index `exchange` as an answer in memory only (from a dump); True if it was usable.
+
+        `source` names where it came from (shown as the answer's session), `index` its position
+        there. Failed exchanges (non-2xx) are not answers and return False.
+        """
+        req, resp = exchange.request, exchange.response
+        if not 200 <= resp.status < 300:
+            return False
+        if req.is_chat:
+            got = answers.chat_answer(exchange)
+            if got is not None:
+                message, meta = got
+                body = req.json
+                params = request_params(body)
+                pk = params_key(params)
+                groups = self.chat.setdefault(chain(req.path, body["messages"])[-1], {})
+                g = groups.get(pk) or groups.setdefault(
+                    pk, Group(params, {k: canonical(v) for k, v in params.items()}))
+                _insert(g.answers, Answer(session=source, index=index, line=0, kind="chat",
+                                          message=message, meta=meta, recorded_at=exchange.recorded_at))
+                return True
+        meta = answers.generic_meta(exchange)
+        fp = fingerprint(req.method, req.path, req.query, req.body, req.json)
+        _insert(self.generic.setdefault(fp, []), Answer(
+            session=source, index=index, line=0, kind="generic", meta=meta, status=resp.status,
+            headers=[tuple(h) for h in meta["headers"]], body=resp.body,
+            recorded_at=exchange.recorded_at))
+        return True
+
+    def answer_at(self, file: str, line: int) -> Answer | None:
+        """Return the chat answer whose heading is at `line` of session `file`, or None."""
+        entry = self.files.get(file)
+        if entry is None or line not in entry.session.lines:
+            return None
+        s = entry.session
+        i = s.lines.index(line)
+        for g in self.chat.get(chain(s.path, s.messages[:i])[-1], {}).values():
+            for a in g.answers:
+                if a.session == file and a.line == line:
+                    return a
+        return None
 
     def requests(self, path: str) -> Iterable[tuple[str, dict, list, int]]:
         """Yield (file, params, messages, line) for every chat request answered under `path`.
@@ -446,9 +523,13 @@ def _natural(name: str) -> list:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
+def _order(a: Answer) -> tuple:
+    return (a.recorded_at, _natural(a.session), a.index)
+
+
 def _insert(answers: list[Answer], ans: Answer) -> None:
     answers.append(ans)
-    answers.sort(key=lambda a: (a.recorded_at, _natural(a.session), a.index))
+    answers.sort(key=_order)
 
 
 def _json_or_none(body: bytes):
@@ -461,4 +542,4 @@ def _json_or_none(body: bytes):
         return None
 
 
-__all__ = ["Store", "Hit", "Group", "chain", "slug", "VOLATILE_FIELDS"]
+__all__ = ["Store", "Hit", "Group", "chain", "slug", "MATCH_MODES", "REPEAT_MODES"]

@@ -1,0 +1,714 @@
+"""The request log: one SQLite row per request rechat handles, written off the event loop.
+
+Owns the log's schema, its writer thread, retention and the read queries behind the web API.
+Stdlib only (`sqlite3`, `threading`, `queue`); it reads `ProxyEvent`s by their fields (duck
+typing) and must not import aiohttp, the proxy, the store or the web layer.
+
+Schema. `MIGRATIONS` is an ordered list of named functions, as in simonw/llm's
+`migrations.py`: each runs once, in order, in its own transaction, and is recorded in the
+`_migrations` table; `PRAGMA user_version` holds how many ran (the schema version). A database
+written by a newer rechat (a higher version than this one knows) is refused with `LogError`.
+
+    requests  one row per request: when, what, how it was answered (kind, match, status),
+              how long it took (ms, ttfb_ms), sizes, tokens, the session file and exchange
+              it came from or went to, the client address, short previews of the prompt and
+              the reply, allow-listed request headers and redacted response headers (JSON)
+    bodies    the request and response bodies of each row (same id), at most `BODY_LIMIT`
+              bytes each, kept apart so that scans of `requests` stay small
+
+Writing. `put(event)` only appends to a queue (a few hundred nanoseconds on the event loop);
+a writer thread turns events into rows (`row_from_event`), inserts them in batches, one
+transaction per batch, and hands the inserted rows to `on_rows` (the web UI's live stream).
+If the disk falls behind by more than `max_pending` events, new events are dropped and
+counted (`dropped`), so the proxy never waits for the log.
+
+Retention. Rows older than `max_age_days` are deleted when the log opens and then hourly;
+when anything was deleted the database is vacuumed. `max_age_days <= 0` keeps rows forever.
+
+Secrets. No request header is stored unless it is on `REQUEST_HEADERS` and not flagged by
+`fingerprint.is_secret_header`; response headers go through `redact_headers`; query strings
+through `clean_query`. Bodies are stored as sent (an API key never travels in a body).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import re
+import sqlite3
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+from rechat.fingerprint import clean_query, is_secret_header, redact_headers
+
+log = logging.getLogger("rechat")
+
+BODY_LIMIT = 1 << 20  # bytes of each body kept in `bodies`
+PREVIEW = 200  # characters of the prompt and reply previews
+KINDS = ("replay", "record", "forward", "miss", "error")
+# Request headers worth keeping: they say which client sent the request, never who.
+REQUEST_HEADERS = frozenset({
+    "content-type", "content-length", "accept", "accept-encoding", "user-agent",
+    "openai-beta", "openai-organization", "openai-project", "x-stainless-lang",
+    "x-stainless-package-version", "x-stainless-os", "x-stainless-arch", "x-stainless-runtime",
+    "x-stainless-runtime-version", "x-stainless-retry-count", "x-stainless-async",
+    "x-stainless-read-timeout", "x-stainless-timeout",
+})
+PRUNE_EVERY_S = 3600.0
+
+
+class LogError(Exception):
+    """The log database cannot be used (unreadable, or written by a newer rechat)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = []
+
+
+def migration(fn: Callable[[sqlite3.Connection], None]):
+    """Register `fn` as the next migration, under its function name (never rename one)."""
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+@migration
+def m001_requests(db: sqlite3.Connection) -> None:
+    db.execute("""
+        CREATE TABLE requests (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run TEXT NOT NULL,           -- the rechat process (start time and pid)
+            req INTEGER NOT NULL,        -- the request's id inside that process
+            at REAL NOT NULL,            -- arrival, epoch s
+            method TEXT NOT NULL,
+            path TEXT NOT NULL,
+            query TEXT NOT NULL DEFAULT '',
+            kind TEXT NOT NULL,          -- replay | record | forward | miss | error
+            status INTEGER,
+            model TEXT,                  -- the model the request asked for
+            served_model TEXT,           -- the model the response names
+            stream INTEGER NOT NULL DEFAULT 0,
+            match TEXT NOT NULL DEFAULT 'none',  -- exact | nearest | none
+            score REAL,                  -- 1 for an exact match; similarity of the nearest
+            play INTEGER,                -- replay: which of the recorded answers (1-based)
+            plays INTEGER,               -- replay: how many answers the request has
+            ms REAL,                     -- arrival to the end of the reply
+            ttfb_ms REAL,                -- to the first byte (upstream's, when forwarded)
+            req_bytes INTEGER,
+            resp_bytes INTEGER,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            total_tokens INTEGER,
+            saved_ms REAL,               -- replay: the upstream time the recording took
+            session TEXT,                -- the session file (absolute path)
+            exchange INTEGER,            -- 0-based answer index in that file
+            line INTEGER,                -- 1-based line of that answer
+            client TEXT,
+            detail TEXT,
+            prompt TEXT,                 -- preview of the last request message
+            reply TEXT,                  -- preview of the answer
+            req_headers TEXT,            -- JSON [[name, value], ...], allow-listed
+            resp_headers TEXT            -- JSON [[name, value], ...], redacted
+        )""")
+    db.execute("""
+        CREATE TABLE bodies (
+            id INTEGER PRIMARY KEY,      -- requests.id
+            request BLOB,
+            response BLOB,
+            request_truncated INTEGER NOT NULL DEFAULT 0,
+            response_truncated INTEGER NOT NULL DEFAULT 0
+        )""")
+
+
+@migration
+def m002_indexes(db: sqlite3.Connection) -> None:
+    db.execute("CREATE INDEX requests_at ON requests(at)")
+    db.execute("CREATE INDEX requests_kind ON requests(kind, id)")
+    db.execute("CREATE INDEX requests_model ON requests(model, id)")
+    db.execute("CREATE INDEX requests_session ON requests(session, id)")
+
+
+COLUMNS = ("run", "req", "at", "method", "path", "query", "kind", "status", "model",
+           "served_model", "stream", "match", "score", "play", "plays", "ms", "ttfb_ms",
+           "req_bytes", "resp_bytes", "prompt_tokens", "completion_tokens", "total_tokens",
+           "saved_ms", "session", "exchange", "line", "client", "detail", "prompt", "reply",
+           "req_headers", "resp_headers")
+LIST_COLUMNS = ("id",) + tuple(c for c in COLUMNS if c not in ("req_headers", "resp_headers"))
+_INSERT = (f"INSERT INTO requests ({', '.join(COLUMNS)}) "
+           f"VALUES ({', '.join('?' * len(COLUMNS))})")
+
+
+def migrate(db: sqlite3.Connection) -> list[str]:
+    """Run the migrations `db` has not had yet, in order; return their names.
+
+    Raises LogError when `db` was written by a newer rechat (more migrations than we know).
+    """
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+    done = {r[0] for r in db.execute("SELECT name FROM _migrations")}
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    known = {name for name, _ in MIGRATIONS}
+    if version > len(MIGRATIONS) or done - known:
+        raise LogError(f"the request log was written by a newer rechat (schema version "
+                       f"{version}; this rechat knows {len(MIGRATIONS)})")
+    ran = []
+    for name, fn in MIGRATIONS:
+        if name in done:
+            continue
+        db.execute("BEGIN")
+        try:
+            fn(db)
+            db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        ran.append(name)
+    db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+    return ran
+
+
+def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
+    """Open the log database at `path` (WAL mode, autocommit). Raises sqlite3.Error."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+    db.execute("PRAGMA busy_timeout = 10000")
+    if readonly:
+        db.execute("PRAGMA query_only = 1")
+    else:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+    return db
+
+
+# ---------------------------------------------------------------------------------------------
+# Events into rows
+
+_NEAREST = re.compile(r"answered at (?P<file>.+):(?P<line>\d+) \(similarity (?P<score>[0-9.]+)\)")
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") if isinstance(p, dict) and isinstance(p.get("text"), str)
+                        else f"[{p.get('type', '?')}]" if isinstance(p, dict) else ""
+                        for p in content)
+    return ""
+
+
+def _preview(message: Any) -> str | None:
+    if not isinstance(message, dict):
+        return None
+    text = _text_of(message.get("content"))
+    if not text and message.get("tool_calls"):
+        calls = message["tool_calls"]
+        text = " ".join(f"→ {(tc.get('function') or {}).get('name')}("
+                        f"{(tc.get('function') or {}).get('arguments', '')})"
+                        for tc in calls if isinstance(tc, dict))
+    text = " ".join(text.split())
+    return text[:PREVIEW] if text else None
+
+
+def _usage_of(obj: Any) -> dict | None:
+    u = obj.get("usage") if isinstance(obj, dict) else None
+    return u if isinstance(u, dict) else None
+
+
+def _from_events(events: list[str]) -> tuple[str | None, dict | None, dict | None]:
+    """(model, usage, assembled message preview source) from SSE data strings, cheaply."""
+    model = usage = None
+    for e in events[:2]:
+        if e.startswith("{"):
+            try:
+                model = json.loads(e).get("model")
+            except (ValueError, AttributeError):
+                pass
+            if model:
+                break
+    for e in reversed(events[-3:]):
+        if '"usage"' in e and e.startswith("{"):
+            try:
+                usage = _usage_of(json.loads(e))
+            except ValueError:
+                usage = None
+            if usage:
+                break
+    return model, usage, None
+
+
+def _stream_reply(events: list[str]) -> str | None:
+    parts: list[str] = []
+    n = 0
+    for e in events:
+        if not e.startswith("{"):
+            continue
+        try:
+            ch = json.loads(e)
+            d = ch["choices"][0]["delta"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue
+        c = d.get("content") if isinstance(d, dict) else None
+        if isinstance(c, str):
+            parts.append(c)
+            n += len(c)
+            if n > PREVIEW:
+                break
+    return _preview({"content": "".join(parts)})
+
+
+def _headers_json(headers: Iterable[tuple[str, str]], allow: frozenset | None) -> str:
+    kept = [[k, v] for k, v in redact_headers(headers)
+            if allow is None or k.lower() in allow]
+    return json.dumps(kept, ensure_ascii=False)
+
+
+def _body(data: bytes | None) -> tuple[bytes | None, int]:
+    if not data:
+        return None, 0
+    if len(data) > BODY_LIMIT:
+        return data[:BODY_LIMIT], 1
+    return data, 0
+
+
+def row_from_event(ev: Any, run: str, extra: dict | None = None) -> tuple[dict, tuple]:
+    """Return (row, bodies) for a finished `ProxyEvent`: the columns of `COLUMNS`, and
+    (request body, response body, request truncated, response truncated).
+
+    `extra` may give `exchange` and `line` for a recorded exchange (read from the store when
+    the event happened). Runs on the writer thread; never raises for odd content.
+    """
+    req = ev.request
+    body = req.json if isinstance(req.json, dict) else None
+    resp = ev.response
+    answer = ev.answer
+    r: dict[str, Any] = dict.fromkeys(COLUMNS)
+    r.update(run=run, req=ev.id, at=ev.started_at or time.time(), method=req.method,
+             path=req.path, query=clean_query(req.query) if req.query else "", kind=ev.kind,
+             status=resp.status if resp is not None else (404 if ev.kind == "miss" else None),
+             ms=round(ev.ms, 3), client=ev.client or None, detail=ev.detail or None,
+             req_bytes=len(req.body), match="none", stream=0)
+    if body is not None:
+        if isinstance(body.get("model"), str):
+            r["model"] = body["model"]
+        r["stream"] = 1 if body.get("stream") is True else 0
+        msgs = body.get("messages")
+        if isinstance(msgs, list) and msgs:
+            r["prompt"] = _preview(msgs[-1])
+        elif isinstance(body.get("input"), str):
+            r["prompt"] = " ".join(body["input"].split())[:PREVIEW] or None
+        elif isinstance(body.get("prompt"), str):
+            r["prompt"] = " ".join(body["prompt"].split())[:PREVIEW] or None
+    r["req_headers"] = _headers_json(req.headers, REQUEST_HEADERS)
+    if resp is not None:
+        r["resp_headers"] = _headers_json(resp.headers, None)
+    usage = None
+    resp_body = resp.body if resp is not None else b""
+    if ev.kind == "replay" and answer is not None:
+        meta = answer.meta or {}
+        r.update(match="exact", score=1.0, session=answer.session, exchange=answer.index,
+                 line=answer.line, ttfb_ms=r["ms"])
+        if ev.position:
+            r["play"], r["plays"] = ev.position[0] + 1, ev.position[1]
+        ms = meta.get("ms")
+        if isinstance(ms, dict) and isinstance(ms.get("total"), (int, float)):
+            r["saved_ms"] = float(ms["total"])
+        if answer.kind == "chat":
+            if isinstance(meta.get("completion"), dict):
+                usage = _usage_of(meta["completion"])
+                r["served_model"] = meta["completion"].get("model")
+            elif isinstance(meta.get("sse"), list):
+                r["served_model"], usage, _ = _from_events(meta["sse"])
+            r["reply"] = _preview(answer.message)
+            if resp_body:
+                r["resp_bytes"] = len(resp_body)
+            elif isinstance(meta.get("sse"), list):
+                # Exact for a stream replayed as recorded (data: X\n\n per event).
+                r["resp_bytes"] = sum(len(e.encode()) + 8 for e in meta["sse"])
+        else:
+            r["resp_bytes"] = len(resp_body)
+            j = _json_small(resp_body)
+            usage = _usage_of(j)
+            r["served_model"] = j.get("model") if isinstance(j, dict) else None
+    elif resp is not None and ev.kind in ("record", "forward"):
+        r["resp_bytes"] = len(resp_body)
+        r["ttfb_ms"] = round(resp.ttfb_ms, 3) if resp.ttfb_ms else None
+        if ev.file:
+            r["session"] = ev.file
+            if extra:
+                r["exchange"], r["line"] = extra.get("exchange"), extra.get("line")
+        if resp.events is not None:
+            r["served_model"], usage, _ = _from_events(resp.events)
+            r["reply"] = _stream_reply(resp.events)
+        else:
+            j = _json_small(resp_body)
+            if isinstance(j, dict):
+                usage = _usage_of(j)
+                r["served_model"] = j.get("model") if isinstance(j.get("model"), str) else None
+                try:
+                    r["reply"] = _preview(j["choices"][0]["message"])
+                except (KeyError, IndexError, TypeError):
+                    pass
+    else:
+        r["ttfb_ms"] = r["ms"]
+        if resp is not None:
+            r["resp_bytes"] = len(resp_body)
+        if ev.kind == "miss" and ev.detail:
+            m = _NEAREST.search(ev.detail)
+            if m:
+                r.update(match="nearest", score=float(m["score"]), session=m["file"],
+                         line=int(m["line"]))
+    if usage:
+        for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            v = usage.get(k)
+            if isinstance(v, int):
+                r[k] = v
+        if r["total_tokens"] is None and isinstance(usage.get("input_tokens"), int):
+            r["prompt_tokens"] = usage.get("input_tokens")
+            r["completion_tokens"] = usage.get("output_tokens")
+            r["total_tokens"] = usage.get("total_tokens")
+    if not isinstance(r["served_model"], str):
+        r["served_model"] = None
+    rb, rt = _body(req.body)
+    sb, st = _body(resp_body)
+    return r, (rb, sb, rt, st)
+
+
+def _json_small(data: bytes) -> Any:
+    if not data or len(data) > 1 << 20 or data[:1] not in (b"{", b"["):
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The log
+
+
+_STOP = object()
+
+
+class RequestLog:
+    """The request log at `path`: `open()`, then `put(event)` from the event loop, `close()`.
+
+    `on_rows(rows)` is called on the writer thread with each batch of inserted rows (dicts of
+    `LIST_COLUMNS`); it must not block. Reads (`logs`, `entry`, `stats`) are blocking: call
+    them through `asyncio.to_thread`.
+    """
+
+    def __init__(self, path: str, max_age_days: float = 7.0,
+                 on_rows: Callable[[list[dict]], None] | None = None,
+                 max_pending: int = 20000, batch: int = 500) -> None:
+        self.path = os.path.abspath(path)
+        self.max_age_days = max_age_days
+        self.on_rows = on_rows
+        self.max_pending = max_pending
+        self.batch = batch
+        self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        self.dropped = 0
+        self.written = 0
+        self.pruned = 0
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._db: sqlite3.Connection | None = None
+        self._closed = False
+        self._idle = threading.Event()
+        self._idle.set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create or upgrade the database, prune old rows, start the writer thread.
+
+        Blocking (call it off the event loop). Raises LogError or OSError.
+        """
+        folder = os.path.dirname(self.path)
+        os.makedirs(folder, exist_ok=True)
+        try:
+            db = connect(self.path)
+            migrate(db)
+        except sqlite3.Error as e:
+            raise LogError(f"cannot open the request log {self.path}: {e}") from None
+        self._db = db
+        self.prune()
+        self._thread = threading.Thread(target=self._run, name="rechat-log", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, stop the writer thread and close the database. Blocking."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._q.put(_STOP)
+            self._thread.join(timeout)
+        if self._db is not None:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
+
+    def put(self, event: Any, extra: dict | None = None) -> None:
+        """Queue a finished event for writing. Never blocks; drops it past `max_pending`."""
+        if self._closed or self._thread is None:
+            return
+        if self._q.qsize() >= self.max_pending:
+            self.dropped += 1
+            return
+        self._idle.clear()
+        self._q.put((event, extra))
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Block until every queued event is written (for tests and benchmarks)."""
+        return self._idle.wait(timeout)
+
+    # -- the writer thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_prune = time.monotonic() + PRUNE_EVERY_S
+        while True:
+            try:
+                item = self._q.get(timeout=max(0.05, min(60.0, next_prune - time.monotonic())))
+            except queue.Empty:
+                self._idle.set()
+                if time.monotonic() >= next_prune:
+                    self._safe(self.prune)
+                    next_prune = time.monotonic() + PRUNE_EVERY_S
+                continue
+            items = [item]
+            while len(items) < self.batch:
+                try:
+                    items.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(i is _STOP for i in items)
+            self._safe(lambda: self._write([i for i in items if i is not _STOP]))
+            if self._q.empty():
+                self._idle.set()
+            if stop:
+                # Anything queued after the stop marker still gets written.
+                rest = []
+                while True:
+                    try:
+                        i = self._q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if i is not _STOP:
+                        rest.append(i)
+                self._safe(lambda: self._write(rest))
+                self._idle.set()
+                return
+
+    def _safe(self, fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+        except Exception:
+            log.exception("the request log could not be written")
+
+    def _write(self, items: list) -> None:
+        if not items or self._db is None:
+            return
+        rows, bodies = [], []
+        for ev, extra in items:
+            try:
+                row, b = row_from_event(ev, self.run, extra)
+            except Exception:
+                log.exception("cannot log %s %s", getattr(ev.request, "method", "?"),
+                              getattr(ev.request, "path", "?"))
+                continue
+            rows.append(row)
+            bodies.append(b)
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            for row, b in zip(rows, bodies):
+                cur = db.execute(_INSERT, [row[c] for c in COLUMNS])
+                row["id"] = cur.lastrowid
+                if b[0] is not None or b[1] is not None:
+                    db.execute("INSERT INTO bodies VALUES (?, ?, ?, ?, ?)", (row["id"], *b))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.written += len(rows)
+        if self.on_rows is not None and rows:
+            self.on_rows([{c: row[c] for c in LIST_COLUMNS} for row in rows])
+
+    def prune(self) -> int:
+        """Delete rows older than `max_age_days` and vacuum if any went; return how many."""
+        if self.max_age_days <= 0 or self._db is None:
+            return 0
+        cutoff = time.time() - self.max_age_days * 86400
+        db = self._db
+        db.execute("BEGIN")
+        db.execute("DELETE FROM bodies WHERE id IN (SELECT id FROM requests WHERE at < ?)",
+                   (cutoff,))
+        n = db.execute("DELETE FROM requests WHERE at < ?", (cutoff,)).rowcount
+        db.execute("COMMIT")
+        if n:
+            db.execute("VACUUM")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.pruned += n
+        return n
+
+    # -- reads (blocking) ------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        db = connect(self.path, readonly=True)
+        db.row_factory = sqlite3.Row
+        return db
+
+    def logs(self, q: str | None = None, model: str | None = None,
+             kinds: list[str] | None = None, status: str | None = None,
+             since: float | None = None, until: float | None = None,
+             session: str | None = None, cursor: int | None = None,
+             limit: int = 100) -> tuple[list[dict], int | None]:
+        """Return (rows, next cursor): newest first, `limit` rows with `id < cursor`.
+
+        `q` matches (case-insensitively, every word) the path, models, session, client,
+        detail and the prompt/reply previews; `model` the requested or served model; `kinds`
+        any of `KINDS`; `status` a code (`404`), a class (`4xx`) or `error` (>= 400);
+        `since`/`until` epoch s. The next cursor is None on the last page.
+        """
+        where, args = _filters(q, model, kinds, status, since, until, session)
+        if cursor is not None:
+            where.append("id < ?")
+            args.append(cursor)
+        sql = (f"SELECT {', '.join(LIST_COLUMNS)} FROM requests"
+               + (f" WHERE {' AND '.join(where)}" if where else "")
+               + " ORDER BY id DESC LIMIT ?")
+        db = self._reader()
+        try:
+            rows = [dict(r) for r in db.execute(sql, [*args, limit + 1])]
+        finally:
+            db.close()
+        nxt = rows[limit - 1]["id"] if len(rows) > limit else None
+        return rows[:limit], nxt
+
+    def entry(self, id: int) -> dict | None:
+        """Return one row with its headers (decoded) and bodies, or None."""
+        db = self._reader()
+        try:
+            r = db.execute("SELECT * FROM requests WHERE id = ?", (id,)).fetchone()
+            if r is None:
+                return None
+            row = dict(r)
+            b = db.execute("SELECT * FROM bodies WHERE id = ?", (id,)).fetchone()
+        finally:
+            db.close()
+        for k in ("req_headers", "resp_headers"):
+            row[k] = json.loads(row[k]) if row[k] else []
+        row["request_body"] = b["request"] if b is not None else None
+        row["response_body"] = b["response"] if b is not None else None
+        row["request_truncated"] = bool(b["request_truncated"]) if b is not None else False
+        row["response_truncated"] = bool(b["response_truncated"]) if b is not None else False
+        return row
+
+    def stats(self, since: float | None = None, until: float | None = None) -> dict:
+        """Return totals, hit rate, time and tokens saved, by model, by kind and a timeline.
+
+        Hit rate is replays over requests that looked for an answer or were forwarded
+        (replay + record + forward + miss; errors left out). Time saved is the recorded
+        upstream time of every replayed answer, in ms; tokens saved their total tokens.
+        The timeline has buckets of an hour (a range of 2 days or less) or a day.
+        """
+        where, args = _filters(None, None, None, None, since, until, None)
+        w = f" WHERE {' AND '.join(where)}" if where else ""
+        agg = ("COUNT(*) AS requests, "
+               "SUM(kind = 'replay') AS hits, "
+               "SUM(kind IN ('record', 'forward', 'miss')) AS misses, "
+               "SUM(kind = 'error') AS errors, "
+               "AVG(ms) AS avg_ms, "
+               "COALESCE(SUM(CASE WHEN kind = 'replay' THEN saved_ms END), 0) AS time_saved_ms, "
+               "COALESCE(SUM(CASE WHEN kind = 'replay' THEN total_tokens END), 0) AS tokens_saved, "
+               "COALESCE(SUM(total_tokens), 0) AS tokens, "
+               "COALESCE(SUM(req_bytes), 0) AS bytes_in, COALESCE(SUM(resp_bytes), 0) AS bytes_out, "
+               "MIN(at) AS first, MAX(at) AS last")
+        db = self._reader()
+        try:
+            totals = dict(db.execute(f"SELECT {agg} FROM requests{w}", args).fetchone())
+            by_kind = {k: 0 for k in KINDS}
+            kinds = []
+            for r in db.execute(f"SELECT kind, COUNT(*) AS requests, AVG(ms) AS avg_ms, "
+                                f"AVG(ttfb_ms) AS avg_ttfb_ms, MAX(ms) AS max_ms, "
+                                f"COALESCE(SUM(resp_bytes), 0) AS bytes_out FROM requests{w} "
+                                f"GROUP BY kind ORDER BY requests DESC", args):
+                by_kind[r["kind"]] = r["requests"]
+                kinds.append(dict(r))
+            by_model = [dict(r) for r in db.execute(
+                f"SELECT COALESCE(model, '') AS model, {agg} FROM requests{w} "
+                f"GROUP BY COALESCE(model, '') ORDER BY requests DESC LIMIT 50", args)]
+            first, last = totals["first"], totals["last"]
+            lo = since if since is not None else first
+            hi = until if until is not None else (time.time() if last is None else max(last, time.time()))
+            bucket = 3600 if lo is None or hi - lo <= 2 * 86400 else 86400
+            timeline: dict[int, dict] = {}
+            for r in db.execute(f"SELECT CAST(at / {bucket} AS INTEGER) * {bucket} AS t, kind, "
+                                f"COUNT(*) AS n FROM requests{w} GROUP BY t, kind", args):
+                timeline.setdefault(r["t"], {"t": r["t"], **{k: 0 for k in KINDS}})[r["kind"]] = r["n"]
+        finally:
+            db.close()
+        for d in [totals, *by_model]:
+            looked = (d["hits"] or 0) + (d["misses"] or 0)
+            d["hits"], d["misses"], d["errors"] = d["hits"] or 0, d["misses"] or 0, d["errors"] or 0
+            d["hit_rate"] = (d["hits"] / looked) if looked else None
+            for k in ("first", "last"):
+                d.pop(k, None)
+        totals["by_kind"] = by_kind
+        return {"totals": totals, "by_model": by_model, "by_kind": kinds,
+                "timeline": {"bucket_s": bucket, "points": [timeline[t] for t in sorted(timeline)]}}
+
+    def count(self) -> int:
+        """Return how many rows the log holds."""
+        db = self._reader()
+        try:
+            return db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+        finally:
+            db.close()
+
+
+def _filters(q, model, kinds, status, since, until, session) -> tuple[list[str], list]:
+    where: list[str] = []
+    args: list = []
+    for word in (q or "").split():
+        like = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where.append("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in (
+            "path", "model", "served_model", "session", "client", "detail", "prompt",
+            "reply", "kind")) + ")")
+        args += [like] * 9
+    if model:
+        where.append("(model = ? OR served_model = ?)")
+        args += [model, model]
+    if kinds:
+        where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+        args += kinds
+    if status:
+        s = status.lower()
+        if s == "error":
+            where.append("status >= 400")
+        elif re.fullmatch(r"[1-5]xx", s):
+            where.append("status BETWEEN ? AND ?")
+            args += [int(s[0]) * 100, int(s[0]) * 100 + 99]
+        else:
+            where.append("status = ?")
+            args.append(int(s))
+    if since is not None:
+        where.append("at >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("at < ?")
+        args.append(until)
+    if session:
+        where.append("session = ?")
+        args.append(session)
+    return where, args
+
+
+__all__ = ["RequestLog", "LogError", "MIGRATIONS", "migrate", "connect", "row_from_event",
+           "KINDS", "COLUMNS", "LIST_COLUMNS", "REQUEST_HEADERS"]

@@ -1,0 +1,691 @@
+"""Reasoning rewrite: strip `<think>` blocks, or turn harmony channel markers into `<think>` tags.
+
+Owns the `--think keep|strip|tags` rule, `--no-think`, and their application to the three
+answer formats rechat forwards: whole JSON bodies, SSE chunk streams and NDJSON streams
+(Ollama). The rewrite happens on the way to the client; sessions keep the upstream's raw answer.
+Pure and stdlib only: must not import aiohttp, nor any rechat module but `errors`.
+
+Layers, each usable alone:
+
+- `ThinkRewriter`: text in pieces -> text in pieces. It holds back only the longest suffix that
+  could still become a marker, so no text is delayed by more than (longest marker - 1)
+  characters, and a marker split across pieces at any point is found.
+- `ThinkTransform`: decoded answer objects -> answer objects, one `ThinkRewriter` per choice
+  index. Touches only `content` / `text` / `response`; `reasoning_content`, `reasoning` and
+  Ollama's `thinking` are never touched.
+- `SSEStreamRewriter`, `NDJSONStreamRewriter`, `rewrite_json`: bytes -> bytes, applying a chain
+  of object transforms (this module's `ThinkTransform`, `modelmap.ModelRestore`, ...). What
+  is not an answer object passes through byte for byte, and so does every object a transform
+  leaves unchanged.
+
+The object-transform protocol (duck-typed, so that modules need not import each other):
+``feed(obj) -> list[dict]`` returns the objects to emit for `obj`: the last one stands for
+`obj` itself (the same object when unchanged), any before it are new objects to emit first.
+``end() -> list[dict]`` returns new objects to emit when the stream ends. Transforms never
+mutate their input.
+
+Default patterns are the OSS relay's (seed: openai-oss-relay-README.md, `ReplacementConfig`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol, Sequence
+
+from rechat.errors import ConfigError
+
+__all__ = [
+    "ThinkMode", "ThinkPatterns", "ThinkRewriter", "rewrite_text", "ThinkTransform",
+    "ObjectTransform", "SSEStreamRewriter", "NDJSONStreamRewriter", "rewrite_json",
+    "stream_rewriter", "no_think", "NO_THINK",
+]
+
+NO_THINK = "/no_think"
+"""The soft switch Qwen3-style models read in a user message (seed: openai-model-rerouter)."""
+
+
+class ThinkMode(str, Enum):
+    """What `--think` does to answers.
+
+    keep: nothing. strip: remove `<think>...</think>` blocks (and harmony analysis blocks,
+    open_pattern...close_pattern) with their content, and the whitespace after a block that
+    opens the answer. tags: replace open_pattern with open_tag and close_pattern with close_tag.
+    """
+
+    KEEP = "keep"
+    STRIP = "strip"
+    TAGS = "tags"
+
+    @classmethod
+    def parse(cls, name: "str | ThinkMode") -> "ThinkMode":
+        """Return the mode called `name`; raise ConfigError listing the valid names otherwise."""
+        if isinstance(name, ThinkMode):
+            return name
+        try:
+            return cls(str(name).lower())
+        except ValueError:
+            valid = ", ".join(m.value for m in cls)
+            raise ConfigError(f"unknown --think mode {name!r}; valid modes: {valid}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ThinkPatterns:
+    """The markers the rewrite looks for.
+
+    Defaults are the OSS relay's harmony markers (seed: openai-oss-relay-README.md). Raises
+    ConfigError for an empty or non-string marker.
+    """
+
+    open_pattern: str = "<|channel|>analysis<|message|>"
+    close_pattern: str = "<|end|><|start|>assistant<|channel|>final<|message|>"
+    open_tag: str = "<think>"
+    close_tag: str = "</think>"
+
+    def __post_init__(self) -> None:
+        for name in ("open_pattern", "close_pattern", "open_tag", "close_tag"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"think pattern {name} must be a non-empty string, got {value!r}")
+        if self.open_pattern == self.close_pattern or self.open_tag == self.close_tag:
+            raise ConfigError("think open and close markers must differ")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ThinkPatterns":
+        """Build from a mapping with any of the four field names; unknown keys are a ConfigError."""
+        valid = ("open_pattern", "close_pattern", "open_tag", "close_tag")
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ConfigError(f"unknown think pattern {', '.join(unknown)}; valid: {', '.join(valid)}")
+        return cls(**d)
+
+
+# -- text ------------------------------------------------------------------------------------
+
+
+class _State:
+    """One state of the marker machine: the markers it looks for and what each one does."""
+
+    __slots__ = ("emits", "rules", "regex", "firsts", "maxlen")
+
+    def __init__(self, emits: bool, rules: dict[str, tuple[str, int, bool]]) -> None:
+        self.emits = emits  # text outside markers goes to the output (else it is dropped)
+        self.rules = rules  # marker -> (replacement, next state, closes a stripped block)
+        # Longest first: at one position the longest marker wins (leftmost-longest).
+        markers = sorted(rules, key=len, reverse=True)
+        self.regex = re.compile("|".join(re.escape(m) for m in markers))
+        self.firsts = frozenset(m[0] for m in markers)
+        self.maxlen = len(markers[0])
+
+
+class ThinkRewriter:
+    """Rewrite one text that arrives in pieces: ``feed(piece) -> str``, then ``flush() -> str``.
+
+    The concatenated output equals `rewrite_text` of the concatenated input, however the input
+    is split. Each `feed` returns everything that can no longer be part of a marker; `pending`
+    (at most `max_hold` characters, a suffix of the input) is what is held back. `flush` ends
+    the text and returns what was held; the rewriter then starts afresh.
+
+    Matching is leftmost-longest over the markers of the current state. In strip mode, text
+    inside a block is dropped (an unterminated block runs to the end of the text), and
+    whitespace right after a block is dropped while nothing but whitespace was emitted before
+    it. A close marker without its open marker is left as is: the text before it is gone.
+    """
+
+    __slots__ = ("mode", "patterns", "_states", "_state", "_buf", "_at_start", "_skip_ws",
+                 "max_hold")
+
+    def __init__(self, mode: "ThinkMode | str" = ThinkMode.STRIP,
+                 patterns: ThinkPatterns = ThinkPatterns()) -> None:
+        self.mode = ThinkMode.parse(mode)
+        self.patterns = p = patterns
+        if self.mode is ThinkMode.TAGS:
+            self._states = [_State(True, {p.open_pattern: (p.open_tag, 0, False),
+                                          p.close_pattern: (p.close_tag, 0, False)})]
+        elif self.mode is ThinkMode.STRIP:
+            out: dict[str, tuple[str, int, bool]] = {p.open_tag: ("", 1, False)}
+            self._states = [_State(True, out), _State(False, {p.close_tag: ("", 0, True)})]
+            if p.open_pattern != p.open_tag:
+                out[p.open_pattern] = ("", 2, False)
+                self._states.append(_State(False, {p.close_pattern: ("", 0, True)}))
+                self._states[0] = _State(True, out)
+        else:
+            self._states = []
+        self.max_hold = max((s.maxlen for s in self._states), default=1) - 1
+        self._reset()
+
+    def _reset(self) -> None:
+        self._state = 0
+        self._buf = ""
+        self._at_start = True  # nothing but whitespace emitted yet
+        self._skip_ws = False
+
+    @property
+    def pending(self) -> str:
+        """The input held back: a suffix of it that may still start a marker."""
+        return self._buf
+
+    def feed(self, text: str) -> str:
+        """Take the next piece; return the output that no later piece can change."""
+        if not self._states:
+            return text
+        if not text:
+            return ""
+        return self._run(self._buf + text, final=False)
+
+    def flush(self) -> str:
+        """End the text; return what was held back (rewritten) and reset."""
+        if not self._states:
+            return ""
+        out = self._run(self._buf, final=True) if self._buf else ""
+        self._reset()
+        return out
+
+    def _run(self, buf: str, final: bool) -> str:
+        out: list[str] = []
+        pos, n = 0, len(buf)
+        while True:
+            st = self._states[self._state]
+            hold = n if final else self._hold_start(buf, pos, st)
+            m = st.regex.search(buf, pos)
+            if m is None or m.start() >= hold:
+                self._emit(st, buf[pos:hold], out)
+                self._buf = buf[hold:]
+                return "".join(out)
+            # A match before `hold` is final: every marker at that position either matched or
+            # failed on bytes already here (else `hold` would be at or before it).
+            self._emit(st, buf[pos:m.start()], out)
+            replacement, self._state, closes = st.rules[m.group()]
+            if replacement:
+                self._emit(st, replacement, out)
+            if closes and self._at_start:
+                self._skip_ws = True
+            pos = m.end()
+
+    @staticmethod
+    def _hold_start(buf: str, pos: int, st: _State) -> int:
+        """Return the first index >= pos from which buf could still become a marker, else len."""
+        n = len(buf)
+        for i in range(max(pos, n - st.maxlen + 1), n):
+            if buf[i] in st.firsts:
+                tail = buf[i:]
+                for marker in st.rules:
+                    if len(marker) > len(tail) and marker.startswith(tail):
+                        return i
+        return n
+
+    def _emit(self, st: _State, text: str, out: list[str]) -> None:
+        if not text or not st.emits:
+            return
+        if self._at_start:
+            if self._skip_ws:
+                text = text.lstrip()
+            if text.strip():
+                self._at_start = False
+                self._skip_ws = False
+        if text:
+            out.append(text)
+
+
+def rewrite_text(text: str, mode: "ThinkMode | str" = ThinkMode.STRIP,
+                 patterns: ThinkPatterns = ThinkPatterns()) -> str:
+    """Rewrite a whole text at once (the reference `ThinkRewriter` output is measured against)."""
+    rw = ThinkRewriter(mode, patterns)
+    return rw.feed(text) + rw.flush()
+
+
+# -- answer objects --------------------------------------------------------------------------
+
+
+class ObjectTransform(Protocol):
+    """A stateful rewrite of the objects of one answer (see the module docstring)."""
+
+    def feed(self, obj: dict) -> list[dict]: ...
+
+    def end(self) -> list[dict]: ...
+
+
+class ThinkTransform:
+    """Apply the think rewrite to the objects of one answer, whole or streamed.
+
+    Shapes handled (anything else is returned unchanged, as the same object):
+
+    - OpenAI chat: ``choices[i].message.content`` (a whole answer, rewritten at once) and
+      ``choices[i].delta.content`` (a chunk, fed to choice i's rewriter);
+    - OpenAI legacy completions: ``choices[i].text``;
+    - Ollama: ``message.content`` (/api/chat) and ``response`` (/api/generate), streamed or not.
+
+    A choice ends at a non-null ``finish_reason`` (Ollama: ``done: true``). Its held-back text
+    then goes into that object when its own text is non-empty; otherwise into a new object
+    emitted just before it (a copy of its envelope with only that text), because clients may
+    stop reading at the finish chunk. `end()` emits what is still held for choices that never
+    finished (a stream cut short or sent without finish_reason).
+    """
+
+    def __init__(self, mode: "ThinkMode | str", patterns: ThinkPatterns = ThinkPatterns()) -> None:
+        self.mode = ThinkMode.parse(mode)
+        self.patterns = patterns
+        self._rw: dict[int, ThinkRewriter] = {}
+        self._kind: dict[int, str] = {}  # choice index -> "delta" | "text" | "ollama-chat" | ...
+        self._template: dict | None = None  # the last object seen, for `end()`
+
+    @property
+    def active(self) -> bool:
+        """False in keep mode, where every object passes unchanged."""
+        return self.mode is not ThinkMode.KEEP
+
+    def _rewriter(self, index: int) -> ThinkRewriter:
+        rw = self._rw.get(index)
+        if rw is None:
+            rw = self._rw[index] = ThinkRewriter(self.mode, self.patterns)
+        return rw
+
+    def feed(self, obj: dict) -> list[dict]:
+        """Return the objects to emit for `obj` (protocol in the module docstring)."""
+        if not self.active or not isinstance(obj, dict):
+            return [obj]
+        self._template = obj
+        choices = obj.get("choices")
+        if isinstance(choices, list):
+            return self._feed_choices(obj, choices)
+        done = obj.get("done") is True
+        msg = obj.get("message")
+        if isinstance(msg, dict) and isinstance(msg.get("content"), str):
+            return self._feed_field(obj, 0, "ollama-chat", msg["content"], done,
+                                    lambda t: {**obj, "message": {**msg, "content": t}})
+        if isinstance(obj.get("response"), str):
+            return self._feed_field(obj, 0, "ollama-generate", obj["response"], done,
+                                    lambda t: {**obj, "response": t})
+        return [obj]
+
+    def _feed_choices(self, obj: dict, choices: list) -> list[dict]:
+        before: list[dict] = []
+        new_choices: list[Any] = []
+        changed = False
+        for pos, choice in enumerate(choices):
+            if not isinstance(choice, dict):
+                new_choices.append(choice)
+                continue
+            index = choice.get("index", pos)
+            index = index if isinstance(index, int) else pos
+            finished = choice.get("finish_reason") is not None
+            msg, delta = choice.get("message"), choice.get("delta")
+            new = choice
+            if isinstance(msg, dict) and isinstance(msg.get("content"), str):
+                text = rewrite_text(msg["content"], self.mode, self.patterns)
+                if text != msg["content"]:
+                    new = {**choice, "message": {**msg, "content": text}}
+            elif isinstance(delta, dict):
+                self._kind[index] = "delta"
+                new, extra = self._step(index, choice, delta.get("content"), finished,
+                                        lambda t: {**choice, "delta": {**delta, "content": t}})
+                before += extra
+            elif isinstance(choice.get("text"), str) or ("text" in choice and finished):
+                self._kind[index] = "text"
+                new, extra = self._step(index, choice, choice.get("text"), finished,
+                                        lambda t: {**choice, "text": t})
+                before += extra
+            changed |= new is not choice
+            new_choices.append(new)
+        out = {**obj, "choices": new_choices} if changed else obj
+        return before + [out]
+
+    def _step(self, index: int, choice: dict, text: Any, finished: bool, put) -> tuple[dict, list[dict]]:
+        """Feed one choice's text; return (the choice to emit, new objects to emit before it)."""
+        rw = self._rewriter(index)
+        if isinstance(text, str) and text:
+            out = rw.feed(text)
+            if finished:
+                out += rw.flush()
+            return (choice if out == text else put(out)), []
+        if finished:
+            rest = rw.flush()
+            if rest:
+                return choice, [self._synthetic(index, rest)]
+        return choice, []
+
+    def _feed_field(self, obj: dict, index: int, kind: str, text: str, done: bool,
+                    put) -> list[dict]:
+        self._kind[index] = kind
+        new, before = self._step(index, obj, text, done, put)
+        return before + [new]
+
+    def _synthetic(self, index: int, text: str) -> dict:
+        """A new object carrying only `text` for choice `index`, in the envelope last seen."""
+        tpl = self._template or {}
+        kind = self._kind.get(index, "delta")
+        if kind == "ollama-chat":
+            msg = tpl.get("message") if isinstance(tpl.get("message"), dict) else {}
+            head = {k: v for k, v in tpl.items() if k in ("model", "created_at")}
+            return {**head, "message": {"role": msg.get("role", "assistant"), "content": text},
+                    "done": False}
+        if kind == "ollama-generate":
+            head = {k: v for k, v in tpl.items() if k in ("model", "created_at")}
+            return {**head, "response": text, "done": False}
+        head = {k: v for k, v in tpl.items() if k not in ("choices", "usage")}
+        if kind == "text":
+            choice = {"index": index, "text": text, "logprobs": None, "finish_reason": None}
+        else:
+            choice = {"index": index, "delta": {"content": text}, "logprobs": None,
+                      "finish_reason": None}
+        return {**head, "choices": [choice]}
+
+    def end(self) -> list[dict]:
+        """Return objects carrying what is still held for choices that never finished."""
+        out = []
+        for index, rw in sorted(self._rw.items()):
+            rest = rw.flush()
+            if rest:
+                out.append(self._synthetic(index, rest))
+        return out
+
+
+def _chain_feed(transforms: Sequence[ObjectTransform], obj: dict) -> list[dict]:
+    items = [obj]
+    for t in transforms:
+        items = [x for it in items for x in t.feed(it)]
+    return items
+
+
+def _chain_end(transforms: Sequence[ObjectTransform]) -> list[dict]:
+    items: list[dict] = []
+    for t in transforms:
+        items = [x for it in items for x in t.feed(it)] + t.end()
+    return items
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def rewrite_json(body: bytes, transforms: Sequence[ObjectTransform]) -> bytes:
+    """Rewrite a whole JSON answer body; return `body` itself when nothing changes.
+
+    A body that is not a JSON object passes unchanged. A changed body is re-encoded as compact
+    UTF-8 JSON (so its length changes: set Content-Length from the result).
+    """
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return body
+    if not isinstance(obj, dict):
+        return body
+    items = _chain_feed(transforms, obj)
+    _chain_end(transforms)  # a whole answer leaves nothing held; this resets the transforms
+    return body if items[-1] is obj else _dumps(items[-1])
+
+
+# -- byte streams ----------------------------------------------------------------------------
+
+_BOM = b"\xef\xbb\xbf"
+
+
+class SSEStreamRewriter:
+    """Rewrite a ``text/event-stream`` body incrementally: ``feed(bytes) -> bytes``, ``close()``.
+
+    Framing follows WHATWG HTML 9.2.6 (lines end in LF, CRLF or CR; a blank line ends a block;
+    one leading BOM). Each complete block with data is decoded; if its data is a JSON object
+    and the block has no event type other than "message", it goes through the transforms.
+    Every other block, and every block the transforms leave unchanged, is passed on byte for
+    byte as soon as its blank line arrives (comments and keep-alives included). A changed block
+    keeps its other lines (comments, id, event, retry) and gets one ``data:`` line in place of
+    its data lines. Objects a transform adds go out as ``data: {json}\\n\\n`` events.
+
+    Before ``data: [DONE]``, and at `close()` when the stream ends without it, the transforms'
+    `end()` objects are emitted. `close()` then returns any unterminated final block as is.
+    """
+
+    def __init__(self, transforms: Sequence[ObjectTransform]) -> None:
+        self.transforms = list(transforms)
+        self._block: list[bytes] = []  # complete lines of the current block
+        self._partial: list[bytes] = []  # an unterminated line, or one ending in CR
+        self._first_line = True
+        self._bom = False  # the current block is the first and starts with a BOM
+        self._ended = False  # end() objects already emitted
+        self._closed = False
+
+    def feed(self, data: bytes) -> bytes:
+        """Take the next piece of the upstream's body; return the bytes for the client."""
+        if self._closed:
+            raise ValueError("SSEStreamRewriter.feed() called after close()")
+        if not data:
+            return b""
+        data = bytes(data)
+        partial = self._partial
+        held_cr = bool(partial) and partial[-1].endswith(b"\r")
+        if b"\n" not in data and b"\r" not in data and not held_cr:
+            partial.append(data)  # no line can complete; join later (O(n) for long lines)
+            return b""
+        if partial:
+            partial.append(data)
+            data = b"".join(partial)
+            partial.clear()
+        return self._lines(data, final=False)
+
+    def close(self) -> bytes:
+        """End the stream; return the remaining bytes for the client."""
+        if self._closed:
+            return b""
+        self._closed = True
+        out = b""
+        if self._partial:
+            data = b"".join(self._partial)
+            self._partial.clear()
+            out = self._lines(data, final=True)
+        if not self._ended:
+            out += self._end()
+        return out + b"".join(self._block) + b"".join(self._partial)
+
+    def _lines(self, buf: bytes, final: bool) -> bytes:
+        lines = buf.splitlines(True)
+        last = lines[-1]
+        if last[-1:] != b"\n" and (not final or last[-1:] != b"\r"):
+            # Unterminated, or a CR whose LF may come next; at end of stream a CR ends a line.
+            # (An unterminated final line stays in _partial for close() to pass on.)
+            lines.pop()
+            self._partial.append(last)
+        out: list[bytes] = []
+        for line in lines:
+            self._block.append(line)
+            content = line.rstrip(b"\r\n")
+            if self._first_line:
+                self._first_line = False
+                if content.startswith(_BOM):
+                    content = content[3:]
+                    self._bom = True
+            if not content:
+                block, self._block = self._block, []
+                out.append(self._rewrite_block(block))
+        return b"".join(out)
+
+    def _rewrite_block(self, lines: list[bytes]) -> bytes:
+        raw = b"".join(lines)
+        bom, self._bom = self._bom, False
+        values: list[bytes] = []
+        first_data = -1
+        for j, line in enumerate(lines):
+            content = line.rstrip(b"\r\n")
+            if bom and j == 0:
+                content = content[3:]
+            name, _, value = content.partition(b":")
+            value = value[1:] if value[:1] == b" " else value
+            if name == b"event" and value not in (b"", b"message"):
+                return raw  # a typed event is not a chat chunk
+            if name == b"data":
+                values.append(value)
+                if first_data < 0:
+                    first_data = j
+        if not values:
+            return raw
+        data = b"\n".join(values)
+        if data == b"[DONE]":
+            return (b"" if self._ended else self._end()) + raw
+        try:
+            obj = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            return raw
+        if not isinstance(obj, dict):
+            return raw
+        items = _chain_feed(self.transforms, obj)
+        if len(items) == 1 and items[0] is obj:
+            return raw
+        out = [b"data: " + _dumps(o) + b"\n\n" for o in items[:-1]]
+        if items[-1] is obj:
+            out.append(raw)
+        else:
+            out.append(self._replace_data(lines, first_data, _dumps(items[-1]), bom))
+        return b"".join(out)
+
+    @staticmethod
+    def _replace_data(lines: list[bytes], first_data: int, payload: bytes, bom: bool) -> bytes:
+        out = []
+        for j, line in enumerate(lines):
+            content = line.rstrip(b"\r\n")
+            prefix = b""
+            if bom and j == 0:
+                prefix, content = _BOM, content[3:]
+            if content.partition(b":")[0] != b"data":
+                out.append(line)
+            elif j == first_data:
+                out.append(prefix + b"data: " + payload + line[len(line.rstrip(b"\r\n")):])
+        return b"".join(out)
+
+    def _end(self) -> bytes:
+        self._ended = True
+        return b"".join(b"data: " + _dumps(o) + b"\n\n" for o in _chain_end(self.transforms))
+
+
+class NDJSONStreamRewriter:
+    """Rewrite a newline-delimited JSON body incrementally (Ollama's /api/chat, /api/generate).
+
+    Lines end in LF (a CR before it is kept). Each complete line holding a JSON object goes
+    through the transforms; every other line, and every line they leave unchanged, passes byte
+    for byte. A changed line keeps its line ending; added objects go out as ``{json}\\n``.
+    `close()` treats an unterminated last line as a line, then emits the transforms' `end()`.
+    """
+
+    def __init__(self, transforms: Sequence[ObjectTransform]) -> None:
+        self.transforms = list(transforms)
+        self._partial: list[bytes] = []
+        self._closed = False
+
+    def feed(self, data: bytes) -> bytes:
+        """Take the next piece of the upstream's body; return the bytes for the client."""
+        if self._closed:
+            raise ValueError("NDJSONStreamRewriter.feed() called after close()")
+        if b"\n" not in data:
+            if data:
+                self._partial.append(bytes(data))
+            return b""
+        self._partial.append(bytes(data))
+        buf = b"".join(self._partial)
+        self._partial.clear()
+        cut = buf.rfind(b"\n") + 1
+        if cut < len(buf):
+            self._partial.append(buf[cut:])
+        return b"".join(self._line(line) for line in buf[:cut].splitlines(True))
+
+    def close(self) -> bytes:
+        """End the stream; return the remaining bytes for the client."""
+        if self._closed:
+            return b""
+        self._closed = True
+        out = self._line(b"".join(self._partial)) if self._partial else b""
+        self._partial.clear()
+        tail = b"".join(_dumps(o) + b"\n" for o in _chain_end(self.transforms))
+        if tail and out and not out.endswith(b"\n"):
+            out += b"\n"
+        return out + tail
+
+    def _line(self, line: bytes) -> bytes:
+        body = line.rstrip(b"\r\n")
+        if not body.strip():
+            return line
+        try:
+            obj = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return line
+        if not isinstance(obj, dict):
+            return line
+        items = _chain_feed(self.transforms, obj)
+        if len(items) == 1 and items[0] is obj:
+            return line
+        out = [_dumps(o) + b"\n" for o in items[:-1]]
+        out.append(line if items[-1] is obj else _dumps(items[-1]) + line[len(body):])
+        return b"".join(out)
+
+
+def stream_rewriter(content_type: str, transforms: Sequence[ObjectTransform]
+                    ) -> SSEStreamRewriter | NDJSONStreamRewriter | None:
+    """Return the stream rewriter for a response's Content-Type, or None if it is not a stream.
+
+    ``text/event-stream`` -> SSE; ``application/x-ndjson`` (Ollama), ``application/ndjson``,
+    ``application/jsonl`` -> NDJSON. For ``application/json`` use `rewrite_json` on the body.
+    """
+    ctype = content_type.split(";", 1)[0].strip().lower()
+    if ctype == "text/event-stream":
+        return SSEStreamRewriter(transforms)
+    if ctype in ("application/x-ndjson", "application/ndjson", "application/jsonl",
+                 "application/x-jsonlines"):
+        return NDJSONStreamRewriter(transforms)
+    return None
+
+
+# -- requests --------------------------------------------------------------------------------
+
+
+def no_think(body: dict, marker: str = NO_THINK) -> dict:
+    """Return `body` with `marker` appended to its last user message (`--no-think`).
+
+    Handles chat bodies (OpenAI and Ollama ``messages``; string content, or the last text part
+    of a list content, else a new text part) and prompt bodies (a string ``prompt``: Ollama
+    /api/generate, legacy completions). A space separates the marker from the text unless
+    the text is empty or ends in whitespace; text already ending in the marker is left as is.
+    Returns `body` itself when there is nothing to change; never mutates it.
+    """
+    if not isinstance(body, dict):
+        return body
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for i in range(len(messages) - 1, -1, -1):
+            msg = messages[i]
+            if isinstance(msg, dict) and msg.get("role") == "user":
+                new = _append_to_message(msg, marker)
+                if new is msg:
+                    return body
+                return {**body, "messages": [*messages[:i], new, *messages[i + 1:]]}
+        return body
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        new_prompt = _append(prompt, marker)
+        return body if new_prompt == prompt else {**body, "prompt": new_prompt}
+    return body
+
+
+def _append(text: str, marker: str) -> str:
+    if text.rstrip().endswith(marker):
+        return text
+    return text + (marker if not text or text[-1].isspace() else " " + marker)
+
+
+def _append_to_message(msg: dict, marker: str) -> dict:
+    content = msg.get("content")
+    if isinstance(content, str):
+        new = _append(content, marker)
+        return msg if new == content else {**msg, "content": new}
+    if isinstance(content, list):
+        for j in range(len(content) - 1, -1, -1):
+            part = content[j]
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                new = _append(part["text"], marker)
+                if new == part["text"]:
+                    return msg
+                return {**msg, "content": [*content[:j], {**part, "text": new}, *content[j + 1:]]}
+        return {**msg, "content": [*content, {"type": "text", "text": marker}]}
+    if content is None:
+        return {**msg, "content": marker}
+    return msg
+
+
