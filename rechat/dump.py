@@ -35,10 +35,11 @@ Secrets never reach a dump: headers pass through `fingerprint.redact_headers` (A
 api-key, x-api-key, cookies, *-token...), the query through `fingerprint.clean_query`, and the
 upstream URL loses any user:password part.
 
-Invariant: a line is written whole, with one `write` of an O_APPEND file, straight to the
-kernel: a crash loses at most the line being written, and a torn last line is skipped (and
-reported) by the reader, never taken for an exchange. Any other line that is not a version-1
-object is a `DumpFormatError` naming the file and line.
+Invariant: lines are written whole, with one `write` of an O_APPEND file, straight to the
+kernel (no buffer in the process), so a crash of rechat loses at most the lines being
+written; a write that fails half-way is truncated back. A torn last line (a machine crash)
+is skipped and reported by the reader, never taken for an exchange; any other line that is
+not a version-1 object is a `DumpFormatError` naming the file and line.
 """
 
 from __future__ import annotations
@@ -347,15 +348,22 @@ class DumpWriter:
 
     def _write(self, text: str, n: int) -> None:
         data = text.encode("utf-8")
+        start = None
         try:
             if self._fd is None:
                 os.makedirs(os.path.dirname(self.path), exist_ok=True)
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            start = os.lseek(self._fd, 0, os.SEEK_END)
             view = memoryview(data)
             while view:  # a regular file takes it in one write; loop for the rare short one
                 view = view[os.write(self._fd, view):]
             self.written += n
         except OSError as e:
+            if start is not None:
+                try:  # never leave part of a line for the next one to follow (disk full)
+                    os.ftruncate(self._fd, start)
+                except OSError:
+                    pass
             if not self._failed:
                 self._failed = True
                 log.error("dump: cannot write %s: %s", self.path, e)
@@ -395,6 +403,7 @@ class DumpEntry:
     request: Request
     response: Response | None
     complete: bool
+    line: int = 0  # 1-based line in the dump
 
     @property
     def exchange(self) -> Exchange:
@@ -496,9 +505,11 @@ def read_entries(path: str, on_skip: OnSkip | None = None) -> Iterator[DumpEntry
                     return
                 raise DumpFormatError(path, n, f"not valid JSON: {e}") from None
             try:
-                yield decode_line(obj)
+                entry = decode_line(obj)
             except ValueError as e:
                 raise DumpFormatError(path, n, str(e)) from None
+            entry.line = n
+            yield entry
 
 
 def read_dump(path: str, on_skip: OnSkip | None = None, *, answers_only: bool = True) -> Iterator[Exchange]:
@@ -519,17 +530,19 @@ def find_dumps(folder: str = ".") -> list[str]:
     return sorted(paths, key=lambda p: (os.path.basename(p), os.path.getmtime(p)))
 
 
-def load_answers(remember: Callable[[Exchange], None], paths: list[str],
+def load_answers(remember: Callable[[Exchange, str, int], bool], paths: list[str],
                  on_skip: OnSkip | None = None) -> int:
-    """Feed every answer of the dumps at `paths` to `remember` (e.g. ``store.remember``), in order.
+    """Give every answer of the dumps at `paths` to `remember`, in order; return how many it took.
 
-    Returns how many exchanges were given. Raises OSError or `DumpFormatError`.
+    `remember` is `Store.remember`: it is called as ``remember(exchange, path, line - 1)`` (the
+    answer's source is the dump, its index the 0-based line) and returns True for an exchange
+    it indexed. Raises OSError or `DumpFormatError`.
     """
     n = 0
     for p in paths:
-        for ex in read_dump(p, on_skip):
-            remember(ex)
-            n += 1
+        for e in read_entries(p, on_skip):
+            if e.is_answer and remember(e.exchange, p, e.line - 1):
+                n += 1
     return n
 
 

@@ -179,13 +179,20 @@ def har_exchange(entry: dict, where: str = "entry") -> Exchange:
     if not isinstance(rq, dict) or not isinstance(rs, dict):
         raise ValueError("no request or response")
     ours = entry.get("_rechat") if isinstance(entry.get("_rechat"), dict) else {}
-    parts = split_url(str(rq.get("url", "")))
-    if parts is None:
-        raise ValueError(f"{rq.get('method')} {rq.get('url')}: not under /v1")
-    upstream, path, query = parts
+    url = str(rq.get("url", ""))
     if isinstance(ours.get("path"), str) and ours["path"].startswith("/v1"):
-        path = ours["path"]
-        upstream = ours.get("upstream") or upstream
+        # rechat's own HAR: the client path and upstream as recorded (the URL is the upstream's,
+        # which has no /v1 when the upstream serves at its root).
+        path, upstream = ours["path"], strip_userinfo(str(ours.get("upstream") or ""))
+        try:
+            query = clean_query(urlsplit(url).query)
+        except ValueError:
+            query = ""
+    else:
+        parts = split_url(url)
+        if parts is None:
+            raise ValueError(f"{rq.get('method')} {url}: not under /v1")
+        upstream, path, query = parts
     method = str(rq.get("method", "GET")).upper()
     if method in ("OPTIONS", "HEAD", "CONNECT"):
         raise ValueError(f"{method} {path}: not an API call")
@@ -204,7 +211,9 @@ def har_exchange(entry: dict, where: str = "entry") -> Exchange:
         if isinstance(pd, dict) and pd.get("params"):
             raise ValueError(f"{method} {path}: the request body was not captured (form params only)")
         req_body = b""
-    headers = _har_headers(rs.get("headers"))
+    # content.text is the decoded body: its Content-Encoding and length no longer describe it.
+    headers = [(k, v) for k, v in _har_headers(rs.get("headers"))
+               if k.lower() not in ("content-encoding", "content-length")]
     mime = rs.get("content", {}).get("mimeType", "") if isinstance(rs.get("content"), dict) else ""
     sse = is_sse(headers) or str(mime).lower().startswith("text/event-stream")
     events = event_ms = None
@@ -462,6 +471,10 @@ def har_entry(method: str, path: str, query: str, req_body: bytes, status: int,
 
 
 def _extra(meta: dict, **fields: Any) -> dict:
+    # rechat's own entry fields (HAR 1.2 allows custom fields starting with "_"): what the URL
+    # and timings cannot say exactly, so a HAR rechat wrote reads back as it was recorded.
+    if isinstance(meta.get("upstream"), str):
+        fields["upstream"] = strip_userinfo(meta["upstream"])
     if isinstance(meta.get("at"), str):
         fields["recorded_at"] = meta["at"]
     return fields

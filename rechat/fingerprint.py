@@ -90,8 +90,12 @@ def messages_key(messages: list) -> str:
 
 
 def request_params(body: dict) -> dict:
-    """Return a chat request's parameters: the body without `messages` and volatile fields."""
-    return {k: v for k, v in body.items() if k != "messages" and k not in VOLATILE_FIELDS}
+    """Return a chat request's parameters: the body without `messages`, volatile fields and nulls.
+
+    A null parameter is the same as an absent one (the API applies its default either way).
+    """
+    return {k: v for k, v in body.items()
+            if k != "messages" and k not in VOLATILE_FIELDS and v is not None}
 
 
 def body_key(body: Any) -> str:

@@ -111,8 +111,8 @@ def m001_requests(db: sqlite3.Connection) -> None:
             detail TEXT,
             prompt TEXT,                 -- preview of the last request message
             reply TEXT,                  -- preview of the answer
-            req_headers TEXT,            -- JSON [[name, value], ...], allow-listed
-            resp_headers TEXT            -- JSON [[name, value], ...], redacted
+            req_headers TEXT,            -- "Name: value" lines, allow-listed
+            resp_headers TEXT            -- "Name: value" lines, redacted; NULL for a replay
         )""")
     db.execute("""
         CREATE TABLE bodies (
@@ -185,8 +185,15 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
 
 # ---------------------------------------------------------------------------------------------
 # Events into rows
+#
+# This runs once per request on the writer thread, and the thread shares the GIL with the event
+# loop: every microsecond here is one the proxy does not get. So a row is a tuple, what only
+# depends on the replayed answer is computed once per answer (`_AnswerFacts`), and a replay's
+# response is not stored (the session holds it; the web API rebuilds it).
 
 _NEAREST = re.compile(r"answered at (?P<file>.+):(?P<line>\d+) \(similarity (?P<score>[0-9.]+)\)")
+_COL = {c: i for i, c in enumerate(COLUMNS)}
+assert not any(is_secret_header(h) for h in REQUEST_HEADERS)
 
 
 def _text_of(content: Any) -> str:
@@ -208,6 +215,8 @@ def _preview(message: Any) -> str | None:
         text = " ".join(f"→ {(tc.get('function') or {}).get('name')}("
                         f"{(tc.get('function') or {}).get('arguments', '')})"
                         for tc in calls if isinstance(tc, dict))
+    if len(text) > PREVIEW * 2:
+        text = text[:PREVIEW * 2]
     text = " ".join(text.split())
     return text[:PREVIEW] if text else None
 
@@ -217,8 +226,8 @@ def _usage_of(obj: Any) -> dict | None:
     return u if isinstance(u, dict) else None
 
 
-def _from_events(events: list[str]) -> tuple[str | None, dict | None, dict | None]:
-    """(model, usage, assembled message preview source) from SSE data strings, cheaply."""
+def _sse_facts(events: list[str]) -> tuple[str | None, dict | None]:
+    """(model, usage) from a stream's SSE data strings, reading only its first and last events."""
     model = usage = None
     for e in events[:2]:
         if e.startswith("{"):
@@ -236,7 +245,7 @@ def _from_events(events: list[str]) -> tuple[str | None, dict | None, dict | Non
                 usage = None
             if usage:
                 break
-    return model, usage, None
+    return (model if isinstance(model, str) else None), usage
 
 
 def _stream_reply(events: list[str]) -> str | None:
@@ -246,8 +255,7 @@ def _stream_reply(events: list[str]) -> str | None:
         if not e.startswith("{"):
             continue
         try:
-            ch = json.loads(e)
-            d = ch["choices"][0]["delta"]
+            d = json.loads(e)["choices"][0]["delta"]
         except (ValueError, KeyError, IndexError, TypeError):
             continue
         c = d.get("content") if isinstance(d, dict) else None
@@ -259,121 +267,164 @@ def _stream_reply(events: list[str]) -> str | None:
     return _preview({"content": "".join(parts)})
 
 
-def _headers_json(headers: Iterable[tuple[str, str]], allow: frozenset | None) -> str:
-    kept = [[k, v] for k, v in redact_headers(headers)
-            if allow is None or k.lower() in allow]
-    return json.dumps(kept, ensure_ascii=False)
+def _tokens(usage: dict | None) -> tuple[int | None, int | None, int | None]:
+    if not usage:
+        return None, None, None
+    p, c, t = usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("total_tokens")
+    if t is None and "input_tokens" in usage:  # the Responses API's names
+        p, c, t = usage.get("input_tokens"), usage.get("output_tokens"), usage.get("total_tokens")
+    return tuple(v if isinstance(v, int) and not isinstance(v, bool) else None for v in (p, c, t))
 
 
-def _body(data: bytes | None) -> tuple[bytes | None, int]:
-    if not data:
-        return None, 0
-    if len(data) > BODY_LIMIT:
-        return data[:BODY_LIMIT], 1
-    return data, 0
+def header_text(headers: Iterable[tuple[str, str]], allow: frozenset | None = None) -> str:
+    """Return headers as ``Name: value`` lines: those in `allow` (lower-case names), or all
+    but the secret ones (`fingerprint.redact_headers`) when `allow` is None."""
+    if allow is None:
+        return "\n".join(f"{k}: {v}" for k, v in redact_headers(headers))
+    return "\n".join(f"{k}: {v}" for k, v in headers if k.lower() in allow)
 
 
-def row_from_event(ev: Any, run: str, extra: dict | None = None) -> tuple[dict, tuple]:
-    """Return (row, bodies) for a finished `ProxyEvent`: the columns of `COLUMNS`, and
-    (request body, response body, request truncated, response truncated).
+def parse_header_text(text: str | None) -> list[list[str]]:
+    """Return ``[[name, value], ...]`` from `header_text`'s lines."""
+    return [line.split(": ", 1) for line in (text or "").split("\n") if ": " in line]
 
-    `extra` may give `exchange` and `line` for a recorded exchange (read from the store when
-    the event happened). Runs on the writer thread; never raises for odd content.
+
+class _AnswerFacts:
+    """What a row takes from a replayed answer; computed once per answer object."""
+
+    __slots__ = ("answer", "served_model", "tokens", "saved_ms", "reply", "sse_bytes")
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        meta = answer.meta or {}
+        usage = None
+        self.served_model = None
+        self.sse_bytes = None
+        if answer.kind == "chat":
+            comp = meta.get("completion")
+            if isinstance(comp, dict):
+                usage = _usage_of(comp)
+                m = comp.get("model")
+                self.served_model = m if isinstance(m, str) else None
+            elif isinstance(meta.get("sse"), list):
+                self.served_model, usage = _sse_facts(meta["sse"])
+                # Exact for a stream replayed as recorded (`data: X\n\n` per event).
+                self.sse_bytes = sum(len(e.encode()) + 8 for e in meta["sse"])
+            self.reply = _preview(answer.message)
+        else:
+            j = _json_small(answer.body)
+            usage = _usage_of(j)
+            m = j.get("model") if isinstance(j, dict) else None
+            self.served_model = m if isinstance(m, str) else None
+            self.reply = None
+        self.tokens = _tokens(usage)
+        ms = meta.get("ms")
+        t = ms.get("total") if isinstance(ms, dict) else None
+        self.saved_ms = float(t) if isinstance(t, (int, float)) else None
+
+
+def row_from_event(ev: Any, run: str, extra: dict | None = None,
+                   facts: dict | None = None) -> tuple[tuple, tuple | None]:
+    """Return (row, bodies) for a finished `ProxyEvent`.
+
+    `row` holds the values of `COLUMNS` in order; `bodies` is (request body, response body,
+    request truncated, response truncated), or None when there is nothing to keep. `extra`
+    may give `exchange` and `line` of a recorded exchange (read from the store when the event
+    happened); `facts` is a cache of per-answer facts the caller keeps between calls. Never
+    raises for odd content.
     """
     req = ev.request
-    body = req.json if isinstance(req.json, dict) else None
+    body = req.json
     resp = ev.response
-    answer = ev.answer
-    r: dict[str, Any] = dict.fromkeys(COLUMNS)
-    r.update(run=run, req=ev.id, at=ev.started_at or time.time(), method=req.method,
-             path=req.path, query=clean_query(req.query) if req.query else "", kind=ev.kind,
-             status=resp.status if resp is not None else (404 if ev.kind == "miss" else None),
-             ms=round(ev.ms, 3), client=ev.client or None, detail=ev.detail or None,
-             req_bytes=len(req.body), match="none", stream=0)
-    if body is not None:
-        if isinstance(body.get("model"), str):
-            r["model"] = body["model"]
-        r["stream"] = 1 if body.get("stream") is True else 0
+    kind = ev.kind
+    model = prompt = None
+    stream = 0
+    if type(body) is dict:
+        m = body.get("model")
+        model = m if isinstance(m, str) else None
+        stream = 1 if body.get("stream") is True else 0
         msgs = body.get("messages")
         if isinstance(msgs, list) and msgs:
-            r["prompt"] = _preview(msgs[-1])
+            prompt = _preview(msgs[-1])
         elif isinstance(body.get("input"), str):
-            r["prompt"] = " ".join(body["input"].split())[:PREVIEW] or None
+            prompt = _preview({"content": body["input"]})
         elif isinstance(body.get("prompt"), str):
-            r["prompt"] = " ".join(body["prompt"].split())[:PREVIEW] or None
-    r["req_headers"] = _headers_json(req.headers, REQUEST_HEADERS)
-    if resp is not None:
-        r["resp_headers"] = _headers_json(resp.headers, None)
-    usage = None
+            prompt = _preview({"content": body["prompt"]})
+    ms = round(ev.ms, 3)
+    status = resp.status if resp is not None else (404 if kind == "miss" else None)
+    req_headers = "\n".join(f"{k}: {v}" for k, v in req.headers if k.lower() in REQUEST_HEADERS)
+    resp_headers = None
+    served = reply = saved = session = exchange = line = score = play = plays = None
+    resp_bytes = ttfb = None
+    tokens: tuple = (None, None, None)
+    match = "none"
     resp_body = resp.body if resp is not None else b""
-    if ev.kind == "replay" and answer is not None:
-        meta = answer.meta or {}
-        r.update(match="exact", score=1.0, session=answer.session, exchange=answer.index,
-                 line=answer.line, ttfb_ms=r["ms"])
+    keep_response = True
+    answer = ev.answer
+    if kind == "replay" and answer is not None:
+        f = None
+        if facts is not None:
+            f = facts.get(id(answer))
+            if f is not None and f.answer is not answer:
+                f = None
+        if f is None:
+            f = _AnswerFacts(answer)
+            if facts is not None:
+                if len(facts) > 20000:
+                    facts.clear()
+                facts[id(answer)] = f
+        served, tokens, saved, reply = f.served_model, f.tokens, f.saved_ms, f.reply
+        resp_bytes = len(resp_body) if resp_body else f.sse_bytes
+        match, score, ttfb = "exact", 1.0, ms
+        session, exchange, line = answer.session, answer.index, answer.line
         if ev.position:
-            r["play"], r["plays"] = ev.position[0] + 1, ev.position[1]
-        ms = meta.get("ms")
-        if isinstance(ms, dict) and isinstance(ms.get("total"), (int, float)):
-            r["saved_ms"] = float(ms["total"])
-        if answer.kind == "chat":
-            if isinstance(meta.get("completion"), dict):
-                usage = _usage_of(meta["completion"])
-                r["served_model"] = meta["completion"].get("model")
-            elif isinstance(meta.get("sse"), list):
-                r["served_model"], usage, _ = _from_events(meta["sse"])
-            r["reply"] = _preview(answer.message)
-            if resp_body:
-                r["resp_bytes"] = len(resp_body)
-            elif isinstance(meta.get("sse"), list):
-                # Exact for a stream replayed as recorded (data: X\n\n per event).
-                r["resp_bytes"] = sum(len(e.encode()) + 8 for e in meta["sse"])
-        else:
-            r["resp_bytes"] = len(resp_body)
-            j = _json_small(resp_body)
-            usage = _usage_of(j)
-            r["served_model"] = j.get("model") if isinstance(j, dict) else None
-    elif resp is not None and ev.kind in ("record", "forward"):
-        r["resp_bytes"] = len(resp_body)
-        r["ttfb_ms"] = round(resp.ttfb_ms, 3) if resp.ttfb_ms else None
+            play, plays = ev.position[0] + 1, ev.position[1]
+        keep_response = False  # the session holds it; the web API rebuilds it
+    elif resp is not None and kind in ("record", "forward"):
+        resp_bytes = len(resp_body)
+        ttfb = round(resp.ttfb_ms, 3) if resp.ttfb_ms else None
+        resp_headers = header_text(resp.headers)
         if ev.file:
-            r["session"] = ev.file
+            session = ev.file
             if extra:
-                r["exchange"], r["line"] = extra.get("exchange"), extra.get("line")
+                exchange, line = extra.get("exchange"), extra.get("line")
         if resp.events is not None:
-            r["served_model"], usage, _ = _from_events(resp.events)
-            r["reply"] = _stream_reply(resp.events)
+            served, usage = _sse_facts(resp.events)
+            tokens = _tokens(usage)
+            reply = _stream_reply(resp.events)
         else:
             j = _json_small(resp_body)
             if isinstance(j, dict):
-                usage = _usage_of(j)
-                r["served_model"] = j.get("model") if isinstance(j.get("model"), str) else None
+                tokens = _tokens(_usage_of(j))
+                served = j.get("model") if isinstance(j.get("model"), str) else None
                 try:
-                    r["reply"] = _preview(j["choices"][0]["message"])
+                    reply = _preview(j["choices"][0]["message"])
                 except (KeyError, IndexError, TypeError):
                     pass
     else:
-        r["ttfb_ms"] = r["ms"]
+        ttfb = ms
         if resp is not None:
-            r["resp_bytes"] = len(resp_body)
-        if ev.kind == "miss" and ev.detail:
+            resp_bytes = len(resp_body)
+            resp_headers = header_text(resp.headers)
+        if kind == "miss" and ev.detail:
             m = _NEAREST.search(ev.detail)
             if m:
-                r.update(match="nearest", score=float(m["score"]), session=m["file"],
-                         line=int(m["line"]))
-    if usage:
-        for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
-            v = usage.get(k)
-            if isinstance(v, int):
-                r[k] = v
-        if r["total_tokens"] is None and isinstance(usage.get("input_tokens"), int):
-            r["prompt_tokens"] = usage.get("input_tokens")
-            r["completion_tokens"] = usage.get("output_tokens")
-            r["total_tokens"] = usage.get("total_tokens")
-    if not isinstance(r["served_model"], str):
-        r["served_model"] = None
-    rb, rt = _body(req.body)
-    sb, st = _body(resp_body)
-    return r, (rb, sb, rt, st)
+                match, score, session, line = "nearest", float(m["score"]), m["file"], int(m["line"])
+    row = (run, ev.id, ev.started_at or time.time(), req.method, req.path,
+           clean_query(req.query) if req.query else "", kind, status, model, served, stream,
+           match, score, play, plays, ms, ttfb, len(req.body), resp_bytes, *tokens, saved,
+           session, exchange, line, ev.client or None, ev.detail or None, prompt, reply,
+           req_headers, resp_headers)
+    rb = req.body or None
+    sb = (resp_body or None) if keep_response else None
+    if rb is None and sb is None:
+        return row, None
+    rt = st = 0
+    if rb is not None and len(rb) > BODY_LIMIT:
+        rb, rt = rb[:BODY_LIMIT], 1
+    if sb is not None and len(sb) > BODY_LIMIT:
+        sb, st = sb[:BODY_LIMIT], 1
+    return row, (rb, sb, rt, st)
 
 
 def _json_small(data: bytes) -> Any:
@@ -396,7 +447,7 @@ class RequestLog:
     """The request log at `path`: `open()`, then `put(event)` from the event loop, `close()`.
 
     `on_rows(rows)` is called on the writer thread with each batch of inserted rows (dicts of
-    `LIST_COLUMNS`); it must not block. Reads (`logs`, `entry`, `stats`) are blocking: call
+    `LIST_COLUMNS`) when `wants_rows()` is true; it must not block. Reads (`logs`, `entry`, `stats`) are blocking: call
     them through `asyncio.to_thread`.
     """
 
@@ -416,8 +467,10 @@ class RequestLog:
         self._thread: threading.Thread | None = None
         self._db: sqlite3.Connection | None = None
         self._closed = False
-        self._idle = threading.Event()
-        self._idle.set()
+        self._queued = 0  # events put (event loop side)
+        self._handled = 0  # events written or given up (writer side)
+        self._facts: dict = {}
+        self.wants_rows: Callable[[], bool] = lambda: True
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -461,49 +514,46 @@ class RequestLog:
         if self._q.qsize() >= self.max_pending:
             self.dropped += 1
             return
-        self._idle.clear()
+        self._queued += 1
         self._q.put((event, extra))
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
-        """Block until every queued event is written (for tests and benchmarks)."""
-        return self._idle.wait(timeout)
+        """Block until every event queued so far is written (tests and benchmarks)."""
+        target = self._queued
+        deadline = time.monotonic() + timeout
+        while self._handled < target:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     # -- the writer thread -----------------------------------------------------------------
 
     def _run(self) -> None:
         next_prune = time.monotonic() + PRUNE_EVERY_S
-        while True:
+        stop = False
+        while not stop:
             try:
                 item = self._q.get(timeout=max(0.05, min(60.0, next_prune - time.monotonic())))
             except queue.Empty:
-                self._idle.set()
                 if time.monotonic() >= next_prune:
                     self._safe(self.prune)
                     next_prune = time.monotonic() + PRUNE_EVERY_S
                 continue
-            items = [item]
-            while len(items) < self.batch:
+            items = []
+            while True:
+                if item is _STOP:
+                    stop = True  # still write what was queued after the marker
+                else:
+                    items.append(item)
+                if len(items) >= self.batch:
+                    break
                 try:
-                    items.append(self._q.get_nowait())
+                    item = self._q.get_nowait()
                 except queue.Empty:
                     break
-            stop = any(i is _STOP for i in items)
-            self._safe(lambda: self._write([i for i in items if i is not _STOP]))
-            if self._q.empty():
-                self._idle.set()
-            if stop:
-                # Anything queued after the stop marker still gets written.
-                rest = []
-                while True:
-                    try:
-                        i = self._q.get_nowait()
-                    except queue.Empty:
-                        break
-                    if i is not _STOP:
-                        rest.append(i)
-                self._safe(lambda: self._write(rest))
-                self._idle.set()
-                return
+            self._safe(lambda: self._write(items))
+            self._handled += len(items)
 
     def _safe(self, fn: Callable[[], Any]) -> None:
         try:
@@ -515,30 +565,37 @@ class RequestLog:
         if not items or self._db is None:
             return
         rows, bodies = [], []
+        facts = self._facts
+        run = self.run
         for ev, extra in items:
             try:
-                row, b = row_from_event(ev, self.run, extra)
+                row, b = row_from_event(ev, run, extra, facts)
             except Exception:
                 log.exception("cannot log %s %s", getattr(ev.request, "method", "?"),
                               getattr(ev.request, "path", "?"))
                 continue
             rows.append(row)
             bodies.append(b)
+        if not rows:
+            return
         db = self._db
-        db.execute("BEGIN")
+        # One writer at a time (BEGIN IMMEDIATE), so the batch's ids are consecutive.
+        db.execute("BEGIN IMMEDIATE")
         try:
-            for row, b in zip(rows, bodies):
-                cur = db.execute(_INSERT, [row[c] for c in COLUMNS])
-                row["id"] = cur.lastrowid
-                if b[0] is not None or b[1] is not None:
-                    db.execute("INSERT INTO bodies VALUES (?, ?, ?, ?, ?)", (row["id"], *b))
+            db.executemany(_INSERT, rows)
+            last = db.execute("SELECT last_insert_rowid()").fetchone()[0]
+            first = last - len(rows) + 1
+            db.executemany("INSERT INTO bodies VALUES (?, ?, ?, ?, ?)",
+                           [(first + i, *b) for i, b in enumerate(bodies) if b is not None])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         self.written += len(rows)
-        if self.on_rows is not None and rows:
-            self.on_rows([{c: row[c] for c in LIST_COLUMNS} for row in rows])
+        if self.on_rows is not None and self.wants_rows():
+            idx = [_COL[c] for c in LIST_COLUMNS[1:]]
+            self.on_rows([{"id": first + i, **{c: row[j] for c, j in zip(LIST_COLUMNS[1:], idx)}}
+                          for i, row in enumerate(rows)])
 
     def prune(self) -> int:
         """Delete rows older than `max_age_days` and vacuum if any went; return how many."""
@@ -603,7 +660,7 @@ class RequestLog:
         finally:
             db.close()
         for k in ("req_headers", "resp_headers"):
-            row[k] = json.loads(row[k]) if row[k] else []
+            row[k] = parse_header_text(row[k]) if row[k] is not None else None
         row["request_body"] = b["request"] if b is not None else None
         row["response_body"] = b["response"] if b is not None else None
         row["request_truncated"] = bool(b["request_truncated"]) if b is not None else False
@@ -616,7 +673,9 @@ class RequestLog:
         Hit rate is replays over requests that looked for an answer or were forwarded
         (replay + record + forward + miss; errors left out). Time saved is the recorded
         upstream time of every replayed answer, in ms; tokens saved their total tokens.
-        The timeline has buckets of an hour (a range of 2 days or less) or a day.
+        The timeline covers `since` (or the first row) to `until` (or now) in at most about 60
+        buckets of a round size (1 min, 5 min, 15 min, 1 h, 3 h, 6 h, 1 day, 1 week), empty
+        buckets included.
         """
         where, args = _filters(None, None, None, None, since, until, None)
         w = f" WHERE {' AND '.join(where)}" if where else ""
@@ -644,11 +703,15 @@ class RequestLog:
             by_model = [dict(r) for r in db.execute(
                 f"SELECT COALESCE(model, '') AS model, {agg} FROM requests{w} "
                 f"GROUP BY COALESCE(model, '') ORDER BY requests DESC LIMIT 50", args)]
-            first, last = totals["first"], totals["last"]
+            first = totals["first"]
             lo = since if since is not None else first
-            hi = until if until is not None else (time.time() if last is None else max(last, time.time()))
-            bucket = 3600 if lo is None or hi - lo <= 2 * 86400 else 86400
+            hi = until if until is not None else time.time()
+            bucket = _bucket(hi - lo if lo is not None else 0)
             timeline: dict[int, dict] = {}
+            if lo is not None:
+                start = int(lo // bucket) * bucket
+                for t in range(start, int(max(hi, lo + 1)), bucket):
+                    timeline[t] = {"t": t, **{k: 0 for k in KINDS}}
             for r in db.execute(f"SELECT CAST(at / {bucket} AS INTEGER) * {bucket} AS t, kind, "
                                 f"COUNT(*) AS n FROM requests{w} GROUP BY t, kind", args):
                 timeline.setdefault(r["t"], {"t": r["t"], **{k: 0 for k in KINDS}})[r["kind"]] = r["n"]
@@ -671,6 +734,16 @@ class RequestLog:
             return db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
         finally:
             db.close()
+
+
+_BUCKETS = (60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400)
+
+
+def _bucket(span_s: float) -> int:
+    for b in _BUCKETS:
+        if span_s / b <= 60:
+            return b
+    return 30 * 86400
 
 
 def _filters(q, model, kinds, status, since, until, session) -> tuple[list[str], list]:

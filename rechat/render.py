@@ -68,7 +68,7 @@ def highlight(code: str, lang: str | None) -> str:
     lexer = None
     if lang:
         try:
-            lexer = get_lexer_by_name(lang.lower(), stripnl=False, ensurenl=False)
+            lexer = get_lexer_by_name(lang.lower(), stripnl=False)
         except ClassNotFound:
             lexer = None
     if lexer is None or len(code) > _LONG:

@@ -298,7 +298,7 @@ def render_chat(params: dict, messages: list[dict], responses: dict[int, dict] |
     """
     fm = dict(params)
     if endpoint and endpoint != f"POST {CHAT_PATH}":
-        fm["rechat"] = {"endpoint": endpoint}
+        fm["rechat"] = {"endpoint": endpoint, "kind": "chat"}
     lines = _front_matter(fm)
     lines += render_messages(messages, responses or {}, 0)
     return "\n".join(lines).lstrip("\n") + "\n"
@@ -335,7 +335,10 @@ def render_generic(endpoint: str, exchanges: list[GenericExchange]) -> str:
     `endpoint` is ``METHOD /path?query``. JSON and text bodies are fenced as they are, other
     bodies as base64 (docs/format.md, "Other endpoints").
     """
-    lines = _front_matter({"rechat": {"endpoint": endpoint}})
+    reserved = {"endpoint": endpoint}
+    if endpoint.split("?")[0] == f"POST {CHAT_PATH}":
+        reserved["kind"] = "generic"
+    lines = _front_matter({"rechat": reserved})
     for ex in exchanges:
         lines += ["", "### request", *_body_block(ex.request_body),
                   "", f"### response {ex.status}", *_body_block(ex.body)]
@@ -506,8 +509,12 @@ def parse(text: str, file: str = "<string>") -> Session:
             raise SessionFormatError(file, first - 1, "front matter key `rechat` must hold "
                                      "`endpoint: METHOD /path`")
         s.method, s.path, s.query = m.group(1), m.group(2), m.group(3) or ""
-        if s.path != CHAT_PATH:
-            s.kind = "generic"
+        # The form follows the path unless `kind` says otherwise: a chat request rechat could
+        # not write as sections is kept in the generic form, a chat on another path as sections.
+        s.kind = reserved.get("kind") or ("chat" if s.path == CHAT_PATH else "generic")
+        if s.kind not in ("chat", "generic"):
+            raise SessionFormatError(file, first - 1, f"front matter `rechat.kind` must be chat "
+                                     f"or generic, not {s.kind!r}")
     state = BlockState()
     state.process(body)
     _parser.parse(state)

@@ -219,7 +219,7 @@ class Store:
                 entry.keys.append(fp)
             return
         hashes = chain(s.path, s.messages)
-        params = {k: v for k, v in s.params.items() if k not in VOLATILE_FIELDS}
+        params = {k: v for k, v in s.params.items() if k not in VOLATILE_FIELDS and v is not None}
         pk = params_key(params)
         canon = {k: canonical(v) for k, v in params.items()}
         n = 0
@@ -285,36 +285,42 @@ class Store:
         return Hit(answers[pos], pos, len(answers))
 
     def _candidates(self, req: Request) -> tuple[str, list[Answer]]:
-        body = req.json
         if req.is_chat:
-            key = chain(req.path, body["messages"])[-1]
-            groups = self.chat.get(key)
-            if not groups:
-                return "", []
-            if self.match == "content":
-                # Only the messages count: every group's answers, in recorded order.
-                merged = sorted((a for g in groups.values() for a in g.answers), key=_order)
-                return key, merged
-            if self.match == "exact":
-                return self._exact(key, groups, body)
-            best: tuple[str, Group] | None = None
-            rc: dict[str, str] = {}
-            for pk, g in groups.items():
-                ok = True
-                for k, v in g.canon.items():
-                    if k not in body:
-                        ok = False
-                        break
-                    if k not in rc:
-                        rc[k] = canonical(body[k])
-                    if rc[k] != v:
-                        ok = False
-                        break
-                if ok and (best is None or len(g.canon) > len(best[1].canon)):
-                    best = (pk, g)
-            return (key + best[0], best[1].answers) if best else ("", [])
-        fp = fingerprint(req.method, req.path, req.query, req.body, body)
+            gid, found = self._chat_candidates(req)
+            if found:
+                return gid, found
+        # Everything else, and chat requests kept in the generic form (store.record's fallback).
+        fp = fingerprint(req.method, req.path, req.query, req.body, req.json)
         return fp, self.generic.get(fp, [])
+
+    def _chat_candidates(self, req: Request) -> tuple[str, list[Answer]]:
+        body = req.json
+        key = chain(req.path, body["messages"])[-1]
+        groups = self.chat.get(key)
+        if not groups:
+            return "", []
+        if self.match == "content":
+            # Only the messages count: every group's answers, in recorded order.
+            merged = sorted((a for g in groups.values() for a in g.answers), key=_order)
+            return key, merged
+        if self.match == "exact":
+            return self._exact(key, groups, body)
+        best: tuple[str, Group] | None = None
+        rc: dict[str, str] = {}
+        for pk, g in groups.items():
+            ok = True
+            for k, v in g.canon.items():
+                if k not in body:
+                    ok = False
+                    break
+                if k not in rc:
+                    rc[k] = canonical(body[k])
+                if rc[k] != v:
+                    ok = False
+                    break
+            if ok and (best is None or len(g.canon) > len(best[1].canon)):
+                best = (pk, g)
+        return (key + best[0], best[1].answers) if best else ("", [])
 
     def _exact(self, key: str, groups: dict[str, Group], body: dict) -> tuple[str, list[Answer]]:
         # Every body field counts: the params equal the front matter's exactly, and the volatile
@@ -396,10 +402,15 @@ class Store:
         """
         req = exchange.request
         if req.is_chat and answer is not None:
-            return self._record_chat(req, answer, meta or {})
+            file = self._record_chat(req, answer, meta or {})
+            if file is not None:
+                return file
+            meta = answers.generic_meta(exchange)
         return self._record_generic(exchange, meta or {})
 
-    def _record_chat(self, req: Request, answer: dict, meta: dict) -> str:
+    def _record_chat(self, req: Request, answer: dict, meta: dict) -> str | None:
+        # Returns None when the conversation has no faithful markdown form (an unknown role,
+        # say): the caller records the exchange in the generic form instead.
         body = req.json
         messages = body["messages"]
         params = request_params(body)
@@ -413,24 +424,27 @@ class Store:
         if target is not None and (target in self.errors or not (
                 self._queued.get(target) or self._disk_holds(target))):
             target = None  # being edited (broken or unsaved by us): never write over it
-        if target is not None:
-            entry = self.files[target]
-            s = entry.session
-            start = len(s.messages)
-            new = list(messages[start:]) + [answer]
-            s_new = sf.Session(file=target, params=s.params, messages=s.messages + new,
-                               lines=list(s.lines), responses=dict(s.responses))
-            s_new.responses[len(s_new.messages) - 1] = meta
-            text = entry.text.rstrip("\n") + "\n" + "\n".join(
-                sf.render_messages(new, {len(new) - 1: meta}, 0)) + "\n"
-        else:
-            target = self._new_name(_first_user_text(messages))
-            s_new = sf.Session(file=target, params=params, messages=list(messages) + [answer])
-            s_new.responses = {len(messages): meta}
-            endpoint = None if req.path == CHAT_PATH else f"{req.method} {req.path}"
-            text = sf.render_chat(params, s_new.messages, s_new.responses, endpoint)
-        # Re-read what we wrote so that the index holds exactly what a later load would.
-        self._commit(target, text)
+        try:
+            if target is not None:
+                entry = self.files[target]
+                old = entry.text
+                if "\r\n" in old and old.count("\r\n") == old.count("\n"):
+                    old = old.replace("\r\n", "\n")  # reads the same; appending LF keeps it one style
+                new = list(messages[len(entry.session.messages):]) + [answer]
+                expected = entry.session.messages + new
+                text = old.rstrip("\n") + "\n" + "\n".join(
+                    sf.render_messages(new, {len(new) - 1: meta}, 0)) + "\n"
+            else:
+                target = self._new_name(_first_user_text(messages))
+                expected = list(messages) + [answer]
+                endpoint = None if req.path == CHAT_PATH else f"{req.method} {req.path}"
+                text = sf.render_chat(params, expected, {len(messages): meta}, endpoint)
+            got = sf.parse(text, target)
+        except (ValueError, SessionFormatError):
+            return None
+        if [normalize_message(m) for m in got.messages] != [normalize_message(m) for m in expected]:
+            return None
+        self._commit(target, text, got)
         return target
 
     def _tip(self, pk: str, hashes: list[str], messages: list) -> str | None:
@@ -460,8 +474,8 @@ class Store:
         self._commit(target, sf.render_generic(endpoint, [ex]))
         return target
 
-    def _commit(self, file: str, text: str) -> None:
-        session = sf.parse(text, file)
+    def _commit(self, file: str, text: str, session: sf.Session | None = None) -> None:
+        session = session or sf.parse(text, file)
         if file in self.files:
             self._unindex(file)
         self.files[file] = _File(session, text)

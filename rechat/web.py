@@ -164,6 +164,7 @@ class WebUI:
         self.loop = asyncio.get_running_loop()
         path = self.log_path()
         lg = RequestLog(path, self.config.log_max_age_days, on_rows=self._on_rows)
+        lg.wants_rows = lambda: bool(self.hub.clients)
         try:
             await asyncio.to_thread(self._open_log, lg)
             self.log = lg
@@ -380,8 +381,7 @@ class WebUI:
                                                      if k not in ("req_headers", "resp_headers")})}
         out["request"] = {"headers": row["req_headers"], "bytes": row["req_bytes"],
                           "truncated": row["request_truncated"], **_body_view(reqb, "application/json")}
-        rh = row["resp_headers"]
-        ctype = next((v for k, v in rh if k.lower() == "content-type"), "")
+        rh = row["resp_headers"] or []
         body_json = None
         if reqb:
             try:
@@ -393,17 +393,24 @@ class WebUI:
         answer_msg, answer_meta = None, None
         session_answer = self._answer_at(row.get("session"), row.get("exchange")) \
             if row["kind"] in ("replay", "record") else None
-        if row["kind"] == "replay" and session_answer is not None and not respb and is_chat:
-            # A replayed stream is not stored: rebuild it from the session's answer.
+        if row["kind"] == "replay" and session_answer is not None and not respb:
+            # A replay's response is not stored: rebuild it from the session's answer.
             fake = Request(row["method"], row["path"], row["query"] or "", [], reqb or b"")
             try:
-                reply = answers.chat_reply(session_answer, fake)
+                reply = (answers.chat_reply(session_answer, fake) if session_answer.kind == "chat"
+                         else answers.generic_reply(session_answer))
                 respb = b"".join(reply.events) if reply.events is not None else reply.body
+                rh = [list(h) for h in reply.headers] + [
+                    ["x-rechat", f"replay; session={os.path.basename(session_answer.session)}"]]
                 out["response_rebuilt"] = True
             except Exception:
                 respb = None
+        ctype = next((v for k, v in rh if k.lower() == "content-type"), "")
         out["response"] = {"headers": rh, "status": row["status"], "bytes": row["resp_bytes"],
                            "truncated": row["response_truncated"], **_body_view(respb, ctype)}
+        if not respb and row["kind"] in ("miss", "error"):
+            out["response"]["html"] = (f'<p class="muted">rechat answered {row["status"]} itself '
+                                       f'({"no recorded answer matches" if row["kind"] == "miss" else "see the message above"}).</p>')
         if is_chat:
             if session_answer is not None and session_answer.message is not None:
                 answer_msg, answer_meta = session_answer.message, session_answer.meta
@@ -420,8 +427,11 @@ class WebUI:
                 if recorded:
                     out["_nearest_args"] = (request_params(body_json), body_json["messages"], recorded)
         if row.get("session"):
+            exchange = row.get("exchange")
+            if exchange is None and row.get("line"):
+                exchange = self._answer_index(row["session"], row["line"])
             out["session"] = {"name": self._name_of(row["session"]), "line": row.get("line"),
-                              "exchange": row.get("exchange"),
+                              "exchange": exchange,
                               "exists": row["session"] in self.store.files}
         return out
 
@@ -436,6 +446,20 @@ class WebUI:
         return {"session": near.file, "name": name, "line": near.line,
                 "similarity": round(near.similarity, 4), "diff": lines,
                 "diff_html": render.diff_html(lines)}
+
+    def _answer_index(self, file: str, line: int) -> int | None:
+        # The 0-based answer index of the answer whose heading is at `line`.
+        entry = self.store.files.get(file)
+        if entry is None or entry.session.kind != "chat":
+            return None
+        s = entry.session
+        n = 0
+        for i, m in enumerate(s.messages):
+            if i and m.get("role") == "assistant":
+                if i < len(s.lines) and s.lines[i] == line:
+                    return n
+                n += 1
+        return None
 
     def _answer_at(self, file: str | None, index: int | None) -> Answer | None:
         if not file or index is None:

@@ -702,3 +702,58 @@ def test_recording_never_overwrites_a_hand_edit_not_yet_reloaded(tmp_path):
     s2 = fresh(tmp_path)
     assert answer_text(s2, chat([U("one"), A("first"), U("hand")], model="m")) == "written"
     assert answer_text(s2, t2) == "second"
+
+
+def test_a_role_markdown_cannot_hold_is_recorded_in_the_generic_form(tmp_path):
+    from rechat.exchange import Exchange, Response
+    store = Store([str(tmp_path)])
+    body = {"model": "m", "messages": [{"role": "critic", "content": "hm"}]}
+    req = Request("POST", "/v1/chat/completions", body=json.dumps(body).encode())
+    resp = Response(200, [("Content-Type", "application/json")], json.dumps(
+        {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]}).encode())
+
+    async def go():
+        file = store.record(Exchange(req, resp), {"role": "assistant", "content": "ok"}, {})
+        await store.flush()
+        return file
+
+    file = asyncio.run(go())
+    s = sf.read(file)
+    assert s.kind == "generic" and json.loads(s.exchanges[0].request_body) == body
+    assert store.lookup(req).answer.body == resp.body
+
+
+def test_appending_to_a_crlf_session_keeps_earlier_turns(tmp_path):
+    from rechat.exchange import Exchange, Response
+    turn1 = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    (tmp_path / "crlf.md").write_bytes(
+        sf.render_chat({"model": "m"}, turn1).replace("\n", "\r\n").encode())
+    store = Store([str(tmp_path)])
+    store.load()
+    body = {"model": "m", "messages": turn1 + [{"role": "user", "content": "c"}]}
+    req = Request("POST", "/v1/chat/completions", body=json.dumps(body).encode())
+
+    async def go():
+        file = store.record(Exchange(req, Response(200)), {"role": "assistant", "content": "d"}, {})
+        await store.flush()
+        return file
+
+    assert asyncio.run(go()) == str(tmp_path / "crlf.md")
+    s = sf.read(str(tmp_path / "crlf.md"))
+    assert [m["content"] for m in s.messages] == ["a", "b", "c", "d"]
+    fresh = Store([str(tmp_path)])
+    fresh.load()
+    first = Request("POST", "/v1/chat/completions", body=json.dumps(
+        {"model": "m", "messages": turn1[:1]}).encode())
+    assert fresh.lookup(first).answer.message["content"] == "b"
+
+
+def test_a_null_parameter_is_the_same_as_an_absent_one(tmp_path):
+    (tmp_path / "a.md").write_text(sf.render_chat(
+        {"model": "m", "seed": None}, [{"role": "user", "content": "q"},
+                                       {"role": "assistant", "content": "r"}]))
+    store = Store([str(tmp_path)])
+    store.load()
+    for body in ({"model": "m"}, {"model": "m", "seed": None}):
+        body["messages"] = [{"role": "user", "content": "q"}]
+        assert store.lookup(Request("POST", "/v1/chat/completions", body=json.dumps(body).encode()))
