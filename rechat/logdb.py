@@ -1,8 +1,8 @@
 """The request log: one SQLite row per request rechat handles, written off the event loop.
 
 Owns the log's schema, its writer thread, retention and the read queries behind the web API.
-Stdlib only (`sqlite3`, `threading`, `queue`); it reads `ProxyEvent`s by their fields (duck
-typing) and must not import aiohttp, the proxy, the store or the web layer.
+Stdlib only (`sqlite3`, `threading`, `queue`, `hashlib`); it reads `ProxyEvent`s by their
+fields (duck typing) and must not import aiohttp, the proxy, the store or the web layer.
 
 Schema. `MIGRATIONS` is an ordered list of named functions, as in simonw/llm's
 `migrations.py`: each runs once, in order, in its own transaction, and is recorded in the
@@ -12,26 +12,33 @@ written by a newer rechat (a higher version than this one knows) is refused with
     requests  one row per request: when, what, how it was answered (kind, match, status),
               how long it took (ms, ttfb_ms), sizes, tokens, the session file and exchange
               it came from or went to, the client address, short previews of the prompt and
-              the reply, allow-listed request headers and redacted response headers (JSON)
-    bodies    the request and response bodies of each row (same id), at most `BODY_LIMIT`
-              bytes each, kept apart so that scans of `requests` stay small
+              the reply, allow-listed request headers and redacted response headers
+    bodies    request and response bodies by content (BLAKE2b-128): a body sent a thousand
+              times is kept once; at most `BODY_LIMIT` bytes of each
 
-Writing. `put(event)` only appends to a queue (a few hundred nanoseconds on the event loop);
-a writer thread turns events into rows (`row_from_event`), inserts them in batches, one
-transaction per batch, and hands the inserted rows to `on_rows` (the web UI's live stream).
-If the disk falls behind by more than `max_pending` events, new events are dropped and
-counted (`dropped`), so the proxy never waits for the log.
+A replay's response is not kept: the session file holds it, and the web API rebuilds it from
+the session (so it shows the answer as the file holds it now).
 
-Retention. Rows older than `max_age_days` are deleted when the log opens and then hourly;
-when anything was deleted the database is vacuumed. `max_age_days <= 0` keeps rows forever.
+Writing. `put(event)` only appends to a queue (well under a microsecond on the event loop).
+A writer thread waits `flush_s` after the first event of a batch, turns the events into rows
+(`row_from_event`), inserts them in one transaction, and hands them to `on_rows` (the web
+UI's live stream). The thread shares the GIL with the event loop, so the per-row work is kept
+small (tuples, per-answer facts computed once, bodies deduplicated): see bench/bench_log.py.
+If the disk falls behind by more than `max_pending` events, new events are dropped and counted
+(`dropped`), so the proxy never waits for the log.
 
-Secrets. No request header is stored unless it is on `REQUEST_HEADERS` and not flagged by
-`fingerprint.is_secret_header`; response headers go through `redact_headers`; query strings
+Retention. Rows older than `max_age_days` are deleted when the log opens and then hourly,
+with the bodies no row refers to any more; when anything was deleted the database is
+vacuumed. `max_age_days <= 0` keeps rows forever.
+
+Secrets. No request header is stored unless it is on `REQUEST_HEADERS` (none of which can
+carry a credential); response headers go through `fingerprint.redact_headers`; query strings
 through `clean_query`. Bodies are stored as sent (an API key never travels in a body).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -112,16 +119,16 @@ def m001_requests(db: sqlite3.Connection) -> None:
             prompt TEXT,                 -- preview of the last request message
             reply TEXT,                  -- preview of the answer
             req_headers TEXT,            -- "Name: value" lines, allow-listed
-            resp_headers TEXT            -- "Name: value" lines, redacted; NULL for a replay
+            resp_headers TEXT,           -- "Name: value" lines, redacted; NULL for a replay
+            req_body BLOB,               -- bodies.hash of the request body
+            resp_body BLOB               -- bodies.hash of the response body; NULL for a replay
         )""")
     db.execute("""
         CREATE TABLE bodies (
-            id INTEGER PRIMARY KEY,      -- requests.id
-            request BLOB,
-            response BLOB,
-            request_truncated INTEGER NOT NULL DEFAULT 0,
-            response_truncated INTEGER NOT NULL DEFAULT 0
-        )""")
+            hash BLOB PRIMARY KEY,       -- BLAKE2b-128 of the whole body
+            size INTEGER NOT NULL,       -- its length; more than length(data) when truncated
+            data BLOB NOT NULL
+        ) WITHOUT ROWID""")
 
 
 @migration
@@ -136,8 +143,9 @@ COLUMNS = ("run", "req", "at", "method", "path", "query", "kind", "status", "mod
            "served_model", "stream", "match", "score", "play", "plays", "ms", "ttfb_ms",
            "req_bytes", "resp_bytes", "prompt_tokens", "completion_tokens", "total_tokens",
            "saved_ms", "session", "exchange", "line", "client", "detail", "prompt", "reply",
-           "req_headers", "resp_headers")
-LIST_COLUMNS = ("id",) + tuple(c for c in COLUMNS if c not in ("req_headers", "resp_headers"))
+           "req_headers", "resp_headers", "req_body", "resp_body")
+LIST_COLUMNS = ("id",) + tuple(c for c in COLUMNS if c not in (
+    "req_headers", "resp_headers", "req_body", "resp_body"))
 _INSERT = (f"INSERT INTO requests ({', '.join(COLUMNS)}) "
            f"VALUES ({', '.join('?' * len(COLUMNS))})")
 
@@ -324,11 +332,11 @@ class _AnswerFacts:
 
 
 def row_from_event(ev: Any, run: str, extra: dict | None = None,
-                   facts: dict | None = None) -> tuple[tuple, tuple | None]:
-    """Return (row, bodies) for a finished `ProxyEvent`.
+                   facts: dict | None = None) -> tuple[tuple, list[tuple[bytes, bytes]]]:
+    """Return (row, blobs) for a finished `ProxyEvent`.
 
-    `row` holds the values of `COLUMNS` in order; `bodies` is (request body, response body,
-    request truncated, response truncated), or None when there is nothing to keep. `extra`
+    `row` holds the values of `COLUMNS` in order; `blobs` lists the (hash, body) pairs its
+    `req_body` and `resp_body` columns refer to (a replay's response is not kept). `extra`
     may give `exchange` and `line` of a recorded exchange (read from the store when the event
     happened); `facts` is a cache of per-answer facts the caller keeps between calls. Never
     raises for odd content.
@@ -352,7 +360,7 @@ def row_from_event(ev: Any, run: str, extra: dict | None = None,
             prompt = _preview({"content": body["prompt"]})
     ms = round(ev.ms, 3)
     status = resp.status if resp is not None else (404 if kind == "miss" else None)
-    req_headers = "\n".join(f"{k}: {v}" for k, v in req.headers if k.lower() in REQUEST_HEADERS)
+    req_headers = _request_headers(req.headers)
     resp_headers = None
     served = reply = saved = session = exchange = line = score = play = plays = None
     resp_bytes = ttfb = None
@@ -410,21 +418,39 @@ def row_from_event(ev: Any, run: str, extra: dict | None = None,
             m = _NEAREST.search(ev.detail)
             if m:
                 match, score, session, line = "nearest", float(m["score"]), m["file"], int(m["line"])
+    blobs = []
+    req_hash = resp_hash = None
+    if req.body:
+        req_hash = _hash(req.body)
+        blobs.append((req_hash, req.body))
+    if keep_response and resp_body:
+        resp_hash = _hash(resp_body)
+        blobs.append((resp_hash, resp_body))
     row = (run, ev.id, ev.started_at or time.time(), req.method, req.path,
            clean_query(req.query) if req.query else "", kind, status, model, served, stream,
            match, score, play, plays, ms, ttfb, len(req.body), resp_bytes, *tokens, saved,
            session, exchange, line, ev.client or None, ev.detail or None, prompt, reply,
-           req_headers, resp_headers)
-    rb = req.body or None
-    sb = (resp_body or None) if keep_response else None
-    if rb is None and sb is None:
-        return row, None
-    rt = st = 0
-    if rb is not None and len(rb) > BODY_LIMIT:
-        rb, rt = rb[:BODY_LIMIT], 1
-    if sb is not None and len(sb) > BODY_LIMIT:
-        sb, st = sb[:BODY_LIMIT], 1
-    return row, (rb, sb, rt, st)
+           req_headers, resp_headers, req_hash, resp_hash)
+    return row, blobs
+
+
+def _hash(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+_header_cache: dict[tuple, str] = {}
+
+
+def _request_headers(headers: list[tuple[str, str]]) -> str:
+    # A client sends the same headers again and again: filter each distinct list once.
+    key = tuple(headers)
+    text = _header_cache.get(key)
+    if text is None:
+        if len(_header_cache) > 512:
+            _header_cache.clear()
+        text = _header_cache[key] = "\n".join(
+            f"{k}: {v}" for k, v in headers if k.lower() in REQUEST_HEADERS)
+    return text
 
 
 def _json_small(data: bytes) -> Any:
@@ -447,18 +473,21 @@ class RequestLog:
     """The request log at `path`: `open()`, then `put(event)` from the event loop, `close()`.
 
     `on_rows(rows)` is called on the writer thread with each batch of inserted rows (dicts of
-    `LIST_COLUMNS`) when `wants_rows()` is true; it must not block. Reads (`logs`, `entry`, `stats`) are blocking: call
-    them through `asyncio.to_thread`.
+    `LIST_COLUMNS`) when `wants_rows()` is true; it must not block. The writer waits
+    `flush_s` after the first event of a batch, so rows reach the database (and the live
+    stream) at most about `flush_s` after their request ended, in one transaction per batch.
+    Reads (`logs`, `entry`, `stats`) are blocking: call them through `asyncio.to_thread`.
     """
 
     def __init__(self, path: str, max_age_days: float = 7.0,
                  on_rows: Callable[[list[dict]], None] | None = None,
-                 max_pending: int = 20000, batch: int = 500) -> None:
+                 max_pending: int = 20000, batch: int = 2000, flush_s: float = 0.1) -> None:
         self.path = os.path.abspath(path)
         self.max_age_days = max_age_days
         self.on_rows = on_rows
         self.max_pending = max_pending
         self.batch = batch
+        self.flush_s = flush_s
         self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         self.dropped = 0
         self.written = 0
@@ -469,7 +498,8 @@ class RequestLog:
         self._closed = False
         self._queued = 0  # events put (event loop side)
         self._handled = 0  # events written or given up (writer side)
-        self._facts: dict = {}
+        self._facts: dict = {}  # per-answer facts (see _AnswerFacts)
+        self._known: dict[bytes, None] = {}  # body hashes already in `bodies`
         self.wants_rows: Callable[[], bool] = lambda: True
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -540,6 +570,10 @@ class RequestLog:
                     self._safe(self.prune)
                     next_prune = time.monotonic() + PRUNE_EVERY_S
                 continue
+            if item is not _STOP and self.flush_s:
+                # Let a batch gather: one transaction (and one GIL hand-over) per batch rather
+                # than per request is most of what makes the log cheap for the proxy.
+                time.sleep(self.flush_s)
             items = []
             while True:
                 if item is _STOP:
@@ -564,20 +598,25 @@ class RequestLog:
     def _write(self, items: list) -> None:
         if not items or self._db is None:
             return
-        rows, bodies = [], []
-        facts = self._facts
+        rows, blobs = [], []
+        facts, known = self._facts, self._known
         run = self.run
         for ev, extra in items:
             try:
-                row, b = row_from_event(ev, run, extra, facts)
+                row, bl = row_from_event(ev, run, extra, facts)
             except Exception:
                 log.exception("cannot log %s %s", getattr(ev.request, "method", "?"),
                               getattr(ev.request, "path", "?"))
                 continue
             rows.append(row)
-            bodies.append(b)
+            for h, data in bl:
+                if h not in known:  # the same bodies come back again and again: keep one
+                    known[h] = None
+                    blobs.append((h, len(data), data[:BODY_LIMIT]))
         if not rows:
             return
+        if len(known) > 50000:
+            known.clear()
         db = self._db
         # One writer at a time (BEGIN IMMEDIATE), so the batch's ids are consecutive.
         db.execute("BEGIN IMMEDIATE")
@@ -585,8 +624,8 @@ class RequestLog:
             db.executemany(_INSERT, rows)
             last = db.execute("SELECT last_insert_rowid()").fetchone()[0]
             first = last - len(rows) + 1
-            db.executemany("INSERT INTO bodies VALUES (?, ?, ?, ?, ?)",
-                           [(first + i, *b) for i, b in enumerate(bodies) if b is not None])
+            if blobs:
+                db.executemany("INSERT OR IGNORE INTO bodies VALUES (?, ?, ?)", blobs)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -603,10 +642,13 @@ class RequestLog:
             return 0
         cutoff = time.time() - self.max_age_days * 86400
         db = self._db
-        db.execute("BEGIN")
-        db.execute("DELETE FROM bodies WHERE id IN (SELECT id FROM requests WHERE at < ?)",
-                   (cutoff,))
+        db.execute("BEGIN IMMEDIATE")
         n = db.execute("DELETE FROM requests WHERE at < ?", (cutoff,)).rowcount
+        if n:
+            db.execute("DELETE FROM bodies WHERE hash NOT IN (SELECT req_body FROM requests "
+                       "WHERE req_body IS NOT NULL UNION SELECT resp_body FROM requests "
+                       "WHERE resp_body IS NOT NULL)")
+            self._known.clear()
         db.execute("COMMIT")
         if n:
             db.execute("VACUUM")
@@ -656,15 +698,18 @@ class RequestLog:
             if r is None:
                 return None
             row = dict(r)
-            b = db.execute("SELECT * FROM bodies WHERE id = ?", (id,)).fetchone()
+            for k, name in (("req_body", "request"), ("resp_body", "response")):
+                b = None
+                if row[k] is not None:
+                    b = db.execute("SELECT size, data FROM bodies WHERE hash = ?",
+                                   (row[k],)).fetchone()
+                row[name + "_body"] = b["data"] if b is not None else None
+                row[name + "_truncated"] = b is not None and b["size"] > len(b["data"])
+                del row[k]
         finally:
             db.close()
         for k in ("req_headers", "resp_headers"):
             row[k] = parse_header_text(row[k]) if row[k] is not None else None
-        row["request_body"] = b["request"] if b is not None else None
-        row["response_body"] = b["response"] if b is not None else None
-        row["request_truncated"] = bool(b["request_truncated"]) if b is not None else False
-        row["response_truncated"] = bool(b["response_truncated"]) if b is not None else False
         return row
 
     def stats(self, since: float | None = None, until: float | None = None) -> dict:

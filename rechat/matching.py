@@ -3,6 +3,12 @@
 Owns similarity: the only module that imports rapidfuzz. Pure: takes the store's recorded
 requests as plain data and returns scores. Must not import aiohttp or the proxy.
 
+Finding the nearest of many (100,000) recorded requests fast: `NearIndex` keeps a short
+signature of each (message count and the last message) and the postings of its words. A
+query counts shared words over its rarest words' postings only (bounded work), scores the
+best few dozen signatures with rapidfuzz, and only the best `shortlist` of those are compared
+on their whole markdown text. A full rapidfuzz scan of 100k bodies takes seconds.
+
 A request is compared in its markdown form (front matter lines, then `### role` sections), the
 same text a person reads in the session file, so the diff says "temperature changed" or "the
 system prompt gained a space" in the terms of the file.
@@ -11,8 +17,10 @@ system prompt gained a space" in the terms of the file.
 from __future__ import annotations
 
 import difflib
+import re
+from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from rapidfuzz import fuzz, process
 
@@ -29,6 +37,68 @@ class Nearest:
     text: str
 
 
+_WORD = re.compile(r"\w+")
+
+
+def signature(messages: list) -> str:
+    """Return the short signature of a request: its message count and last message (<= 200 chars)."""
+    last = messages[-1] if messages else {}
+    c = last.get("content") if isinstance(last, dict) else ""
+    text = c if isinstance(c, str) else repr(c)
+    return f"{len(messages)}|{text[:120]}{'|' + text[-60:] if len(text) > 120 else ''}"
+
+
+class NearIndex:
+    """Candidates for the nearest recorded request, found in bounded time.
+
+    `add(messages, ref)` indexes one recorded request (`ref` is returned by `candidates`);
+    `candidates(messages, limit)` returns up to `limit` refs, best first. Work per query is
+    bounded by `budget` postings, whatever the number of requests indexed.
+    """
+
+    def __init__(self, budget: int = 20000) -> None:
+        self.sigs: list[str] = []
+        self.refs: list[Any] = []
+        self.postings: dict[str, list[int]] = {}
+        self.budget = budget
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def add(self, messages: list, ref: Any) -> None:
+        """Index a recorded request given by its messages."""
+        sig = signature(messages)
+        i = len(self.sigs)
+        self.sigs.append(sig)
+        self.refs.append(ref)
+        for w in set(_WORD.findall(sig.lower())):
+            self.postings.setdefault(w, []).append(i)
+
+    def candidates(self, messages: list, limit: int = 8, pool: int = 48) -> list[Any]:
+        """Return up to `limit` refs of recorded requests like `messages`, best first."""
+        if not self.sigs:
+            return []
+        sig = signature(messages)
+        lists = sorted((self.postings[w] for w in set(_WORD.findall(sig.lower()))
+                        if w in self.postings), key=len)
+        counts: Counter[int] = Counter()
+        spent = 0
+        for lst in lists:
+            if spent and spent + len(lst) > self.budget:
+                break
+            counts.update(lst)
+            spent += len(lst)
+        if counts:
+            ids = [i for i, _ in counts.most_common(pool)]
+        elif len(self.sigs) <= self.budget:
+            ids = range(len(self.sigs))  # no shared word: a full scan is still cheap here
+        else:
+            ids = range(len(self.sigs) - self.budget, len(self.sigs))  # the most recent ones
+        ids = list(ids)
+        top = process.extract(sig, [self.sigs[i] for i in ids], scorer=fuzz.ratio, limit=limit)
+        return [self.refs[ids[j]] for _, _, j in top]
+
+
 def request_text(params: dict, messages: list) -> str:
     """Return a request in its markdown form: front matter, then one section per message."""
     try:
@@ -38,28 +108,15 @@ def request_text(params: dict, messages: list) -> str:
 
 
 def nearest(params: dict, messages: list,
-            recorded: Iterable[tuple[str, dict, list, int]], shortlist: int = 8) -> Nearest | None:
-    """Return the recorded request nearest to (params, messages), or None if there are none.
+            candidates: Iterable[tuple[str, dict, list, int]]) -> Nearest | None:
+    """Return the candidate nearest to (params, messages), or None if there are none.
 
-    `recorded` yields (file, params, messages, line) as `Store.requests` does. Candidates are
-    ranked first on a short signature (message count and the last message) and only the best
-    `shortlist` are scored on their whole markdown text. A parameter the candidate's front
-    matter does not name matches any value, so it is left out of the comparison.
+    `candidates` yields (file, params, messages, line) of recorded requests, already narrowed
+    (`NearIndex.candidates`); each is compared on its whole markdown text. A parameter the
+    candidate's front matter does not name matches any value, so it is left out.
     """
-    items = list(recorded)
-    if not items:
-        return None
-
-    def signature(ms: list) -> str:
-        last = ms[-1] if ms else {}
-        c = last.get("content") if isinstance(last, dict) else ""
-        return f"{len(ms)}\n{c if isinstance(c, str) else c!r}"[:2000]
-
-    top = process.extract(signature(messages), [signature(ms) for _, _, ms, _ in items],
-                          scorer=fuzz.ratio, limit=shortlist)
     best: Nearest | None = None
-    for _, _, i in top:
-        f, p, ms, line = items[i]
+    for f, p, ms, line in candidates:
         t = request_text(p, ms)
         seen = {k: v for k, v in params.items() if k in p}
         score = fuzz.ratio(request_text(seen, messages), t) / 100.0

@@ -28,7 +28,7 @@ from rechat import answers
 from rechat.errors import UpstreamError, UpstreamTimeout, error_body
 from rechat.exchange import Answer, Exchange, Request, Response
 from rechat.fingerprint import request_params
-from rechat.matching import diff, nearest, request_text
+from rechat.matching import diff, request_text
 from rechat.policy import Action, Mode, decide, looks_up, records
 from rechat.sse import SSEParser
 from rechat.store import Store
@@ -124,8 +124,7 @@ class Proxy:
             return await self._replay(wreq, req, hit.answer, ctx, (hit.position, hit.count))
         near = None
         if req.is_chat and (action is Action.MISS or cfg.diff or cfg.fuzzy is not None):
-            near = nearest(request_params(req.json), req.json["messages"],
-                           self.store.requests(req.path))
+            near = self.store.nearest(req)
             if (near is not None and cfg.fuzzy is not None and cfg.respond
                     and near.similarity >= cfg.fuzzy):
                 answer = self.store.answer_at(near.file, near.line)

@@ -95,8 +95,17 @@ class Route:
         return not self.models or model in self.models
 
     def spec(self) -> str:
-        """Return the route in the command-line form (without the key variable)."""
+        """Return the route in the command-line form (without the key variable).
+
+        A URL without a path gets a ``/`` before a local port (``http://h/:8910``), since
+        ``http://h:8910`` would read as the upstream's own port.
+        """
         text = self.url
+        if self.local_port is not None:
+            m = _SCHEME.match(text)
+            head = _URL_HEAD.match(text, m.end()) if m else None
+            if head is not None and not head.group("path"):
+                text += "/"
         if self.local_port is not None or self.models:
             text += f":{self.local_port or ''}"
         if self.models:
@@ -498,9 +507,15 @@ class Balancer:
         healthy = [r for r in pool if self._health[r.name].cool_until <= now]
         cooling = sorted((r for r in pool if self._health[r.name].cool_until > now),
                          key=lambda r: self._health[r.name].cool_until)
-        order = self._rotate(tuple(r.name for r in pool), healthy)
-        if self.balance == "least-busy":
-            order.sort(key=lambda r: self._health[r.name].in_flight / r.weight)
+        key = tuple(r.name for r in pool)
+        if self.balance == "least-busy" and healthy:
+            load = {r.name: self._health[r.name].in_flight / r.weight for r in healthy}
+            low = min(load.values())
+            # Rotate among the least loaded only, so busy routes do not skew the rotation.
+            order = self._rotate(key, [r for r in healthy if load[r.name] == low])
+            order += sorted((r for r in healthy if load[r.name] != low), key=lambda r: load[r.name])
+        else:
+            order = self._rotate(key, healthy)
         return order + cooling
 
     def _rotate(self, key: tuple[str, ...], healthy: list[Route]) -> list[Route]:
@@ -602,9 +617,10 @@ def check_keys(routes: Iterable[Route], environ: Mapping[str, str] | None = None
     env = os.environ if environ is None else environ
     missing = sorted({r.api_key_env for r in routes if r.api_key_env and not env.get(r.api_key_env)})
     if missing:
-        raise ConfigError(f"environment variable{'s' if len(missing) > 1 else ''} "
-                          f"{', '.join(missing)} named as upstream API key "
-                          f"{'are' if len(missing) > 1 else 'is'} not set")
+        many = len(missing) > 1
+        raise ConfigError(f"the upstream API key variable{'s' if many else ''} "
+                          f"{', '.join(missing)} {'are' if many else 'is'} not set in the "
+                          f"environment")
 
 
 def merge_models(answers: Iterable[Any], extra: Iterable[str] = (),

@@ -31,6 +31,7 @@ from rechat import answers
 from rechat import sessionfile as sf
 from rechat.errors import ConfigError, SessionFormatError
 from rechat.exchange import CHAT_PATH, Answer, Exchange, Request
+from rechat.matching import NearIndex, Nearest, nearest
 from rechat.fingerprint import (VOLATILE_FIELDS, canonical, clean_query, digest, fingerprint,
                                 normalize_message, request_params)
 
@@ -142,6 +143,10 @@ class Store:
         self.plays: dict[str, int] = {}
         self._writing: dict[str, asyncio.Lock] = {}
         self._queued: dict[str, int] = {}  # writes scheduled and not finished, per file
+        # Nearest-match indexes per path, kept up to date as answers are indexed. A ref names
+        # the _File it came from; refs of a file since reloaded or removed are skipped.
+        self._near: dict[str, NearIndex] = {}
+        self._near_dead: dict[str, int] = {}  # refs of reloaded/removed files, per path
         self._pending: set[asyncio.Task] = set()
         self._names: set[str] = set()
 
@@ -229,6 +234,8 @@ class Store:
             meta = s.responses.get(i, {})
             ans = Answer(session=file, index=n, line=s.lines[i], kind="chat", message=m, meta=meta,
                          recorded_at=_epoch(meta))
+            self._near_index(s.path).add(s.messages[:i], (file, s.lines[i], params, s.messages,
+                                                          i, entry))
             n += 1
             groups = self.chat.setdefault(hashes[i], {})
             g = groups.get(pk)
@@ -243,6 +250,12 @@ class Store:
 
     def _unindex(self, file: str) -> None:
         entry = self.files[file]
+        if entry.session.kind == "chat":
+            path = entry.session.path
+            self._near_dead[path] = self._near_dead.get(path, 0) + len(set(entry.keys))
+            near = self._near.get(path)
+            if near is not None and self._near_dead[path] * 2 > len(near) + 64:
+                self._rebuild_near(path, without=file)
         for k in set(entry.keys):
             if entry.session.kind == "generic":
                 lst = [a for a in self.generic.get(k, []) if a.session != file]
@@ -355,6 +368,8 @@ class Store:
                     pk, Group(params, {k: canonical(v) for k, v in params.items()}))
                 _insert(g.answers, Answer(session=source, index=index, line=0, kind="chat",
                                           message=message, meta=meta, recorded_at=exchange.recorded_at))
+                self._near_index(req.path).add(body["messages"], (
+                    source, 0, params, body["messages"], len(body["messages"]), None))
                 return True
         meta = answers.generic_meta(exchange)
         fp = fingerprint(req.method, req.path, req.query, req.body, req.json)
@@ -376,6 +391,35 @@ class Store:
                 if a.session == file and a.line == line:
                     return a
         return None
+
+    def _near_index(self, path: str) -> NearIndex:
+        near = self._near.get(path)
+        if near is None:
+            near = self._near[path] = NearIndex()
+        return near
+
+    def _rebuild_near(self, path: str, without: str) -> None:
+        # Drop the dead refs once they are the majority: re-add the live ones.
+        old, new = self._near[path], NearIndex()
+        for ref in old.refs:
+            f, _line, _p, ms, i, entry = ref
+            if f != without and (entry is None or self.files.get(f) is entry):
+                new.add(ms[:i], ref)
+        self._near[path] = new
+        self._near_dead[path] = 0
+
+    def nearest(self, req: Request) -> Nearest | None:
+        """Return the recorded chat request nearest to `req` (a chat request), or None.
+
+        Bounded work per call whatever the number of answers (see matching.NearIndex).
+        """
+        near = self._near.get(req.path)
+        if near is None:
+            return None
+        body = req.json
+        live = [(f, p, ms[:i], line) for f, line, p, ms, i, entry in near.candidates(body["messages"])
+                if entry is None or self.files.get(f) is entry]
+        return nearest(request_params(body), body["messages"], live)
 
     def requests(self, path: str) -> Iterable[tuple[str, dict, list, int]]:
         """Yield (file, params, messages, line) for every chat request answered under `path`.

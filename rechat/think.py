@@ -29,6 +29,7 @@ Default patterns are the OSS relay's (seed: openai-oss-relay-README.md, `Replace
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -120,6 +121,22 @@ class _State:
         self.maxlen = len(markers[0])
 
 
+@functools.lru_cache(maxsize=64)
+def _machine(mode: ThinkMode, p: ThinkPatterns) -> tuple[_State, ...]:
+    """Build the (immutable, shared) states for `mode`: state 0 is outside any block."""
+    if mode is ThinkMode.TAGS:
+        return (_State(True, {p.open_pattern: (p.open_tag, 0, False),
+                              p.close_pattern: (p.close_tag, 0, False)}),)
+    if mode is ThinkMode.STRIP:
+        outside: dict[str, tuple[str, int, bool]] = {p.open_tag: ("", 1, False)}
+        states = [_State(False, {p.close_tag: ("", 0, True)})]
+        if p.open_pattern != p.open_tag:
+            outside[p.open_pattern] = ("", 2, False)
+            states.append(_State(False, {p.close_pattern: ("", 0, True)}))
+        return (_State(True, outside), *states)
+    return ()
+
+
 class ThinkRewriter:
     """Rewrite one text that arrives in pieces: ``feed(piece) -> str``, then ``flush() -> str``.
 
@@ -140,19 +157,8 @@ class ThinkRewriter:
     def __init__(self, mode: "ThinkMode | str" = ThinkMode.STRIP,
                  patterns: ThinkPatterns = ThinkPatterns()) -> None:
         self.mode = ThinkMode.parse(mode)
-        self.patterns = p = patterns
-        if self.mode is ThinkMode.TAGS:
-            self._states = [_State(True, {p.open_pattern: (p.open_tag, 0, False),
-                                          p.close_pattern: (p.close_tag, 0, False)})]
-        elif self.mode is ThinkMode.STRIP:
-            out: dict[str, tuple[str, int, bool]] = {p.open_tag: ("", 1, False)}
-            self._states = [_State(True, out), _State(False, {p.close_tag: ("", 0, True)})]
-            if p.open_pattern != p.open_tag:
-                out[p.open_pattern] = ("", 2, False)
-                self._states.append(_State(False, {p.close_pattern: ("", 0, True)}))
-                self._states[0] = _State(True, out)
-        else:
-            self._states = []
+        self.patterns = patterns
+        self._states = _machine(self.mode, patterns)
         self.max_hold = max((s.maxlen for s in self._states), default=1) - 1
         self._reset()
 
@@ -173,6 +179,9 @@ class ThinkRewriter:
             return text
         if not text:
             return ""
+        st = self._states[self._state]
+        if not self._buf and st.emits and not self._at_start and not any(c in text for c in st.firsts):
+            return text  # the common case: plain answer text, no marker can start in it
         return self._run(self._buf + text, final=False)
 
     def flush(self) -> str:
@@ -505,7 +514,14 @@ class SSEStreamRewriter:
         bom, self._bom = self._bom, False
         values: list[bytes] = []
         first_data = -1
-        for j, line in enumerate(lines):
+        if len(lines) == 2 and not bom and lines[0].startswith(b"data: "):
+            # The usual ``data: {json}\n\n``: one data line, nothing else.
+            values.append(lines[0][6:].rstrip(b"\r\n"))
+            first_data = 0
+            lines_to_scan: list[bytes] = []
+        else:
+            lines_to_scan = lines
+        for j, line in enumerate(lines_to_scan):
             content = line.rstrip(b"\r\n")
             if bom and j == 0:
                 content = content[3:]

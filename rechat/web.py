@@ -412,12 +412,12 @@ class WebUI:
             out["response"]["html"] = (f'<p class="muted">rechat answered {row["status"]} itself '
                                        f'({"no recorded answer matches" if row["kind"] == "miss" else "see the message above"}).</p>')
         if is_chat:
-            if session_answer is not None and session_answer.message is not None:
-                answer_msg, answer_meta = session_answer.message, session_answer.meta
-            elif respb and row["kind"] in ("record", "forward", "replay"):
-                got = _chat_answer_from(row, reqb or b"", respb, rh)
+            if respb and row["kind"] in ("record", "forward"):
+                got = _chat_answer_from(row, reqb or b"", respb, rh)  # what the upstream sent
                 if got:
                     answer_msg, answer_meta = got
+            if answer_msg is None and session_answer is not None and session_answer.message is not None:
+                answer_msg, answer_meta = session_answer.message, session_answer.meta
             out["conversation_html"] = render.conversation_html(
                 request_params(body_json), body_json["messages"], answer_msg, answer_meta)
             if row["kind"] != "replay":

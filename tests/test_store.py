@@ -757,3 +757,27 @@ def test_a_null_parameter_is_the_same_as_an_absent_one(tmp_path):
     for body in ({"model": "m"}, {"model": "m", "seed": None}):
         body["messages"] = [{"role": "user", "content": "q"}]
         assert store.lookup(Request("POST", "/v1/chat/completions", body=json.dumps(body).encode()))
+
+
+def test_nearest_follows_edits_and_deletes(tmp_path):
+    def write(name: str, question: str) -> None:
+        (tmp_path / name).write_text(sf.render_chat({"model": "m"}, [
+            {"role": "user", "content": question}, {"role": "assistant", "content": "x"}]))
+
+    write("a.md", "What is the tallest mountain on Earth?")
+    write("b.md", "How many legs does a spider have?")
+    store = Store([str(tmp_path)])
+    store.load()
+    miss = Request("POST", CHAT_PATH, body=json.dumps({"model": "m", "messages": [
+        {"role": "user", "content": "What is the tallest mountain on Mars?"}]}).encode())
+    assert store.nearest(miss).file == str(tmp_path / "a.md")
+    for i in range(60):  # many edits: dead index entries are skipped, then compacted away
+        write("a.md", f"Unrelated question number {i} about cooking pasta")
+        store.reload_file(str(tmp_path / "a.md"))
+    write("c.md", "What is the tallest mountain on Venus?")
+    store.reload_file(str(tmp_path / "c.md"))
+    near = store.nearest(miss)
+    assert near.file == str(tmp_path / "c.md") and near.similarity > 0.9
+    os.remove(tmp_path / "c.md")
+    store.reload_file(str(tmp_path / "c.md"))
+    assert store.nearest(miss).file != str(tmp_path / "c.md")
