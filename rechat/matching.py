@@ -20,7 +20,7 @@ import difflib
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from rapidfuzz import fuzz, process
 
@@ -74,8 +74,12 @@ class NearIndex:
         for w in set(_WORD.findall(sig.lower())):
             self.postings.setdefault(w, []).append(i)
 
-    def candidates(self, messages: list, limit: int = 8, pool: int = 48) -> list[Any]:
-        """Return up to `limit` refs of recorded requests like `messages`, best first."""
+    def candidates(self, messages: list, limit: int = 8, pool: int = 48,
+                   alive: Callable[[Any], bool] | None = None) -> list[Any]:
+        """Return up to `limit` refs of recorded requests like `messages`, best first.
+
+        `alive(ref)` filters out refs that no longer stand for a recorded request.
+        """
         if not self.sigs:
             return []
         sig = signature(messages)
@@ -88,13 +92,13 @@ class NearIndex:
                 break
             counts.update(lst)
             spent += len(lst)
-        if counts:
-            ids = [i for i, _ in counts.most_common(pool)]
-        elif len(self.sigs) <= self.budget:
-            ids = range(len(self.sigs))  # no shared word: a full scan is still cheap here
-        else:
-            ids = range(len(self.sigs) - self.budget, len(self.sigs))  # the most recent ones
-        ids = list(ids)
+        ok = alive or (lambda ref: True)
+        ids = [i for i, _ in counts.most_common(pool * 2) if ok(self.refs[i])][:pool]
+        if len(ids) < limit and len(counts) > pool * 2:  # mostly dead refs at the top: dig
+            ids = [i for i, _ in counts.most_common() if ok(self.refs[i])][:pool]
+        if not ids:  # no shared word: scan the most recent ones (all of them, up to budget)
+            ids = [i for i in range(max(0, len(self.sigs) - self.budget), len(self.sigs))
+                   if ok(self.refs[i])]
         top = process.extract(sig, [self.sigs[i] for i in ids], scorer=fuzz.ratio, limit=limit)
         return [self.refs[ids[j]] for _, _, j in top]
 

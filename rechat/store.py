@@ -403,7 +403,7 @@ class Store:
         old, new = self._near[path], NearIndex()
         for ref in old.refs:
             f, _line, _p, ms, i, entry = ref
-            if f != without and (entry is None or self.files.get(f) is entry):
+            if f != without and self._alive(ref):
                 new.add(ms[:i], ref)
         self._near[path] = new
         self._near_dead[path] = 0
@@ -417,9 +417,13 @@ class Store:
         if near is None:
             return None
         body = req.json
-        live = [(f, p, ms[:i], line) for f, line, p, ms, i, entry in near.candidates(body["messages"])
-                if entry is None or self.files.get(f) is entry]
-        return nearest(request_params(body), body["messages"], live)
+        refs = near.candidates(body["messages"], alive=self._alive)
+        return nearest(request_params(body), body["messages"],
+                       [(f, p, ms[:i], line) for f, line, p, ms, i, _ in refs])
+
+    def _alive(self, ref: tuple) -> bool:
+        entry = ref[5]
+        return entry is None or self.files.get(ref[0]) is entry
 
     def requests(self, path: str) -> Iterable[tuple[str, dict, list, int]]:
         """Yield (file, params, messages, line) for every chat request answered under `path`.
