@@ -17,6 +17,7 @@ from typing import Callable
 from aiohttp import web
 
 from rechat import __version__
+from rechat import dump
 from rechat import web as webui
 from rechat.errors import SessionFormatError, error_body
 from rechat.policy import Mode
@@ -35,7 +36,8 @@ class Config:
     `sessions` are folders (the first receives new recordings); `timeout_s` bounds connecting
     to the upstream and each read from it, in seconds; `port` 0 picks a free port. `ui` mounts
     the web UI and request log (`log_db`, rows older than `log_max_age_days` deleted; with
-    `ui_token`, the UI and its API require it).
+    `ui_token`, the UI and its API require it). Every exchange is also appended to a lossless
+    dump in `dump_dir` (rechat/dump.py); `flows` are dumps loaded as answers at start.
     """
 
     mode: Mode = Mode.SERVE
@@ -56,6 +58,8 @@ class Config:
     fuzzy: float | None = None
     diff: bool = False
     latency: float = 0.0  # 0 = as fast as possible, 1 = as recorded
+    dump_dir: str | None = "."  # where flows_<timestamp>.jsonl goes; None writes no dump
+    flows: list[str] | None = None  # dumps loaded as answers; [] = every flows_*.jsonl in dump_dir
 
 
 @dataclass
@@ -91,6 +95,12 @@ def create_app(config: Config, hooks: Hooks | None = None) -> web.Application:
 
     async def lifecycle(app: web.Application):
         await asyncio.to_thread(store.load, hooks.on_progress)
+        if config.flows is not None:
+            paths = config.flows or dump.find_dumps(config.dump_dir or ".")
+            await asyncio.to_thread(dump.load_answers, store.remember, paths)
+        writer = (dump.DumpWriter(dump.default_path(config.dump_dir),
+                                  upstream=upstream.base if upstream else None).attach(proxy)
+                  if config.dump_dir is not None else None)
         if upstream is not None:
             await upstream.start()
         watcher = Watcher(store, hooks.on_reload) if config.watch else None
@@ -100,6 +110,8 @@ def create_app(config: Config, hooks: Hooks | None = None) -> web.Application:
         if watcher is not None:
             await watcher.close()
         await store.flush()
+        if writer is not None:
+            await writer.aclose()
         if upstream is not None:
             await upstream.close()
 

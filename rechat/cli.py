@@ -7,6 +7,7 @@ only module that imports typer. Everything it does is build a Config and hand it
 
 import asyncio
 import inspect
+import os
 import sys
 from typing import Annotated, Optional
 
@@ -15,6 +16,7 @@ import typer
 from rechat import __version__
 from rechat.app import DEFAULT_UPSTREAM, Config, Hooks, serve
 from rechat.console import ConsoleView
+from rechat.dump import DumpFormatError
 from rechat.errors import ConfigError
 from rechat.policy import Mode
 
@@ -68,6 +70,12 @@ LogDb = Annotated[Optional[str], _opt("--log-db", env="LOG_DB", metavar="PATH",
                                       help="Request log database. [default: SESSIONS/.rechat/log.sqlite]")]
 LogAge = Annotated[float, _opt("--log-max-age-days", env="LOG_MAX_AGE_DAYS", metavar="DAYS",
                                help="Delete request log rows older than this.")]
+DumpDir = Annotated[str, _opt("--dump-dir", env="DUMP_DIR", metavar="DIR",
+                              help="Folder of this run's flows_<timestamp>.jsonl dump.")]
+NoDump = Annotated[bool, _opt("--no-dump", env="NO_DUMP", help="Write no dump.")]
+Flow = Annotated[Optional[list[str]], typer.Option(
+    "--flow", "-f", metavar="DUMP",
+    help="Load a dump as answers (repeatable); -f alone loads every flows_*.jsonl in --dump-dir.")]
 UIToken = Annotated[Optional[str], _opt("--ui-token", env="UI_TOKEN", metavar="TOKEN",
                                         help="Require this token for the web UI and its API.")]
 
@@ -100,14 +108,16 @@ def _run(command_mode: Mode, upstream: str | None, sessions: list[str] | None, *
             port=o["port"], timeout_s=o["timeout"], watch=not o["no_watch"], ui=not o["no_ui"],
             log_db=o["log_db"], log_max_age_days=o["log_max_age_days"], ui_token=o["ui_token"],
             respond=o["respond"], store=o["store"], match=o["match"], repeat=o["repeat"],
-            fuzzy=o["fuzzy"], diff=o["diff"], latency=parse_latency(o["latency"]))
+            fuzzy=o["fuzzy"], diff=o["diff"], latency=parse_latency(o["latency"]),
+            dump_dir=None if o["no_dump"] else o["dump_dir"],
+            flows=None if o["flow"] is None else [f for f in o["flow"] if f])
         if config.fuzzy is not None and not 0 <= config.fuzzy <= 1:
             raise ConfigError(f"--fuzzy takes a similarity between 0 and 1, not {config.fuzzy}")
         if config.host not in ("127.0.0.1", "localhost", "::1"):
             view.out.print(f"[bold yellow]warning:[/] listening on {config.host}: anyone who can "
                            "reach it can use your upstream through it and read the sessions.")
         asyncio.run(serve(config, hooks))
-    except ConfigError as e:
+    except (ConfigError, DumpFormatError) as e:
         view.out.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(2)
     except OSError as e:
@@ -126,7 +136,8 @@ _COMMON = [
     ("fuzzy", Fuzzy, None), ("diff", Diff, False), ("latency", Latency, "none"),
     ("quiet", Quiet, False), ("verbose", Verbose, False), ("no_watch", NoWatch, False),
     ("no_ui", NoUI, False), ("log_db", LogDb, None), ("log_max_age_days", LogAge, 7.0),
-    ("ui_token", UIToken, None),
+    ("ui_token", UIToken, None), ("dump_dir", DumpDir, "."), ("no_dump", NoDump, False),
+    ("flow", Flow, None),
 ]
 _DIRS = Annotated[Optional[list[str]], typer.Argument(
     metavar="DIR", show_default=False, help="Sessions folders (same as --sessions).")]
@@ -163,13 +174,50 @@ for _name, _mode, _doc, _up in [
     cli.command(_name)(_command(_mode, _doc, _up))
 
 
+@cli.command("export")
+def export_cmd(
+    md: Annotated[Optional[list[str]], typer.Option(
+        "--md", metavar="DUMP", help="Write sessions from dumps, HAR or mitmproxy flow files.")] = None,
+    har: Annotated[Optional[str], typer.Option(
+        "--har", metavar="SESSIONS", help="Write a HAR file from a sessions folder.")] = None,
+    output: Annotated[Optional[str], typer.Option(
+        "--output", "-o", metavar="PATH", help="Output folder (--md) or file (--har).")] = None,
+    more: Annotated[Optional[list[str]], typer.Argument(
+        metavar="[DUMP]...", show_default=False, help="More inputs for --md.")] = None,
+) -> None:
+    """Write sessions from recordings (--md), or a HAR file from sessions (--har)."""
+    from rechat import export
+    raise typer.Exit(export.main((md or []) + (more or []) or None, har, output))
+
+
 @cli.command("version")
 def version_cmd() -> None:
     """Print rechat's version."""
     print(__version__)
 
 
-_COMMANDS = {"serve", "record", "replay", "passthrough", "version"}
+_COMMANDS = {"serve", "record", "replay", "passthrough", "export", "version"}
+
+
+def _expand_flow(args: list[str]) -> list[str]:
+    # `-f a.jsonl b.jsonl` and a bare `-f` (as in the original rechat) become repeated options;
+    # click options take exactly one value.
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        if args[i] in ("-f", "--flow"):
+            j = i + 1
+            files = []
+            while j < len(args) and not args[j].startswith("-") and (
+                    args[j].endswith(".jsonl") or os.path.isfile(args[j])):
+                files.append(args[j])
+                j += 1
+            out += [x for f in files for x in ("--flow", f)] or ["--flow", ""]
+            i = j
+        else:
+            out.append(args[i])
+            i += 1
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -177,4 +225,4 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or (args[0] not in _COMMANDS and args[0] not in ("-h", "--help")):
         args.insert(0, "serve")  # `rechat` and `rechat https://host/v1` mean `rechat serve ...`
-    cli(args=args, prog_name="rechat")
+    cli(args=_expand_flow(args), prog_name="rechat")

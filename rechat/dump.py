@@ -506,7 +506,7 @@ def read_entries(path: str, on_skip: OnSkip | None = None) -> Iterator[DumpEntry
                 raise DumpFormatError(path, n, f"not valid JSON: {e}") from None
             try:
                 entry = decode_line(obj)
-            except ValueError as e:
+            except (ValueError, TypeError) as e:  # TypeError: a field of the wrong JSON type
                 raise DumpFormatError(path, n, str(e)) from None
             entry.line = n
             yield entry

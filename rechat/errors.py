@@ -5,6 +5,8 @@ Imports nothing from rechat. The tree:
     RechatError
     ├── SessionFormatError     a session file that cannot be read (path, line, message)
     ├── ConfigError            a bad option value (unknown record mode, bad upstream URL)
+    ├── DumpFormatError        a dump line that cannot be read (rechat/dump.py)
+    ├── ExportError            an input `rechat export` cannot read (rechat/export.py)
     └── UpstreamError          the upstream could not be reached or timed out
         └── UpstreamTimeout
 """

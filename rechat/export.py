@@ -27,9 +27,9 @@ import asyncio
 import base64
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 from urllib.parse import parse_qsl, urlsplit
 
@@ -38,7 +38,7 @@ from rechat import sessionfile as sf
 from rechat.dump import (OnSkip, Skip, epoch, is_sse, iso, parse_sse, read_entries,
                          strip_userinfo)
 from rechat.errors import RechatError, SessionFormatError
-from rechat.exchange import CHAT_PATH, Answer, Exchange, Request, Response
+from rechat.exchange import Answer, Exchange, Request, Response
 from rechat.fingerprint import clean_query, redact_headers
 from rechat.store import Store
 
@@ -90,29 +90,27 @@ def _url_for(upstream: str | None, path: str, query: str) -> str:
 def detect(path: str) -> str:
     """Return the format of the file at `path`: "dump", "har" or "mitm".
 
-    Sniffed from the content (a dump's first line is an object with ``"v"``; a HAR file is
-    one JSON object with ``log``); anything else is taken for a mitmproxy flow file, whose
-    reader says so if it is not one. Raises OSError.
+    Sniffed from the content: a dump line starts with ``{"v":`` (or its first line is an
+    object with ``v``); any other JSON object is HAR (``{"log": ...}``), unless the name ends
+    in ``.jsonl``; anything else is taken for a mitmproxy flow file (tnetstrings), whose reader
+    says so if it is not one. Raises OSError.
     """
     with open(path, "rb") as f:
         head = f.read(1 << 16)
     text = head.lstrip()
+    jsonl = path.lower().endswith(".jsonl")
+    if re.match(rb'\{\s*"v"\s*:', text):
+        return "dump"
     if text.startswith(b"{"):
         first = text.split(b"\n", 1)[0]
         try:
             obj = json.loads(first)
-            if isinstance(obj, dict) and "v" in obj and "request" in obj:
-                return "dump"
         except ValueError:
-            pass
-        if b'"log"' in head or path.lower().endswith(".har"):
-            return "har"
-        if path.lower().endswith(".jsonl"):
+            obj = None
+        if jsonl or (isinstance(obj, dict) and "v" in obj and "request" in obj):
             return "dump"
         return "har"
-    if path.lower().endswith(".jsonl") and not text:
-        return "dump"
-    return "mitm"
+    return "dump" if jsonl and not text else "mitm"
 
 
 def read_exchanges(path: str, on_skip: OnSkip | None = None) -> Iterator[Exchange]:

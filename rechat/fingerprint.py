@@ -105,13 +105,47 @@ def body_key(body: Any) -> str:
     return digest(canonical(body))
 
 
+def multipart_parts(body: bytes) -> list[tuple[bytes, bytes]] | None:
+    """Split a multipart/form-data body into (part headers, part content), or None if it is not one.
+
+    The boundary is read from the body's first line (RFC 7578 / RFC 2046 section 5.1.1), so no
+    Content-Type header is needed.
+    """
+    if not body.startswith(b"--"):
+        return None
+    eol = body.find(b"\r\n")
+    if eol < 3 or eol > 72:
+        return None
+    delim = b"\r\n" + body[:eol]
+    if not body.rstrip(b"\r\n").endswith(body[:eol] + b"--"):
+        return None
+    parts = []
+    for chunk in (b"\r\n" + body).split(delim)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, sep, content = chunk[2:].partition(b"\r\n\r\n")
+        if not sep:
+            return None
+        parts.append((head, content))
+    return parts
+
+
+def _multipart_key(parts: list[tuple[bytes, bytes]]) -> str:
+    # Part headers (name, filename, type) and a hash of each content; never the random boundary.
+    return digest(canonical([[h.decode("latin-1"), hashlib.sha256(c).hexdigest()] for h, c in parts]))
+
+
 def fingerprint(method: str, path: str, query: str, body: bytes, body_json: Any = None) -> str:
     """Return the fingerprint of a generic request: method, path, query and body.
 
-    A JSON body counts through `body_key`; any other body by its raw bytes.
+    A JSON body counts through `body_key`; a multipart body through its parts (headers and
+    content hashes, not the boundary); any other body by its raw bytes.
     """
+    parts = multipart_parts(body) if body_json is None else None
     if body_json is not None:
         b = body_key(body_json)
+    elif parts is not None:
+        b = _multipart_key(parts)
     else:
         b = hashlib.blake2b(body, digest_size=16).hexdigest()
     return digest(f"{method.upper()} {path}?{clean_query(query)}\n{b}")

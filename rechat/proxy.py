@@ -172,7 +172,7 @@ class Proxy:
         if near is not None:
             detail = (f" The nearest recorded request is the one answered at "
                       f"{near.file}:{near.line} (similarity {near.similarity:.2f}).")
-        elif not req.is_chat and req.json_error and req.body:
+        elif req.json_error and "json" in (req.header("content-type") or ""):
             return self._error(req, ctx, 400, f"The request body is not valid JSON: "
                                f"{req.json_error}.", "invalid_json")
         msg = (f"rechat replay: no recorded answer matches {req.method} {req.path}.{detail}"

@@ -336,7 +336,7 @@ def render_generic(endpoint: str, exchanges: list[GenericExchange]) -> str:
     bodies as base64 (docs/format.md, "Other endpoints").
     """
     reserved = {"endpoint": endpoint}
-    if endpoint.split("?")[0] == f"POST {CHAT_PATH}":
+    if endpoint.split("?")[0].split(" ", 1)[-1] == CHAT_PATH:
         reserved["kind"] = "generic"
     lines = _front_matter({"rechat": reserved})
     for ex in exchanges:
@@ -511,7 +511,8 @@ def parse(text: str, file: str = "<string>") -> Session:
         s.method, s.path, s.query = m.group(1), m.group(2), m.group(3) or ""
         # The form follows the path unless `kind` says otherwise: a chat request rechat could
         # not write as sections is kept in the generic form, a chat on another path as sections.
-        s.kind = reserved.get("kind") or ("chat" if s.path == CHAT_PATH else "generic")
+        chat = s.method == "POST" and s.path == CHAT_PATH
+        s.kind = reserved.get("kind") or ("chat" if chat else "generic")
         if s.kind not in ("chat", "generic"):
             raise SessionFormatError(file, first - 1, f"front matter `rechat.kind` must be chat "
                                      f"or generic, not {s.kind!r}")

@@ -136,3 +136,18 @@ def test_latency_replays_the_recorded_timing(start_rechat, tmp_path):
     assert first_byte("--latency", "recorded") >= 0.4
     assert first_byte("--latency", "0.5") >= 0.2
     assert first_byte() < 0.2
+
+
+def test_every_run_writes_a_dump_that_flow_loads_as_answers(upstream, start_rechat, tmp_path):
+    rec = start_rechat("record", upstream.url, "--sessions", "s")
+    first = rec.client().chat.completions.create(model="m1", messages=ASK)
+    rec.stop()
+    dumps = sorted(tmp_path.glob("flows_*.jsonl"))
+    assert len(dumps) == 1 and '"kind": "record"' in dumps[0].read_text().replace('":"', '": "')
+    upstream.stop()
+    (tmp_path / "empty").mkdir()
+    # `-f` alone loads every flows_*.jsonl of the dump folder (the original rechat's flag).
+    rep = start_rechat("replay", "empty", "-f", "--no-dump")
+    again = rep.client().chat.completions.create(model="m1", messages=ASK)
+    assert again.choices[0].message.content == first.choices[0].message.content
+    assert session_texts(tmp_path / "empty") == {}

@@ -87,3 +87,21 @@ def test_secret_headers(name, secret):
 
 def test_canonical_is_compact_sorted_and_unicode():
     assert canonical({"b": 1.0, "a": "é"}) == '{"a":"é","b":1}'
+
+
+def _multipart(boundary: str, parts: list[tuple[str, bytes]]) -> bytes:
+    out = b""
+    for name, content in parts:
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; "
+                f"filename=\"{name}.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+        out += content + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+def test_multipart_requests_are_keyed_by_their_parts_not_the_boundary():
+    a = _multipart("abc123", [("file", b"\x00\x01data"), ("purpose", b"fine-tune")])
+    b = _multipart("zzz999-other", [("file", b"\x00\x01data"), ("purpose", b"fine-tune")])
+    c = _multipart("abc123", [("file", b"\x00\x01datA"), ("purpose", b"fine-tune")])
+    fa, fb, fc = (fingerprint("POST", "/v1/files", "", x) for x in (a, b, c))
+    assert fa == fb and fa != fc
+    assert fingerprint("POST", "/v1/files", "", b"--not multipart") != fa

@@ -183,8 +183,9 @@ def wait_until_ready(proc: subprocess.Popen, url: str, log_path: Path) -> None:
 
 def start_server(cmd: list[str], health_url: str, log_path: Path) -> subprocess.Popen:
     """Start a server in its own process group, its output in log_path; wait for health_url."""
+    env = dict(os.environ, COLUMNS="200")  # wide logs: rich wraps at 80 columns without a tty
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out,
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_until_ready(proc, health_url, log_path)
@@ -296,19 +297,23 @@ def start_rechat(mode_args: list[str], pass_name: str) -> tuple[subprocess.Popen
 # -------------------------------------------------------------------- pytest
 
 
-SUMMARY_LINE = re.compile(r"^=*\s*(?:\d+ \w+(?:, )?)+.* in [\d.]+s.*$")
+SUMMARY_LINE = re.compile(r"^=+ (.+) in [\d.]+s\b.*=+$")
 SUMMARY_COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)")
 
 
-def parse_summary(output: str) -> dict[str, int]:
-    """Counts from pytest's closing line, e.g. '1 failed, 6246 passed, 24 skipped in 31.02s'."""
-    counts: dict[str, int] = {}
+def parse_summary(output: str) -> dict[str, int] | None:
+    """Counts from pytest's closing line, e.g. '== 1 failed, 6246 passed, 24 skipped in 31.02s =='.
+
+    None if there is no such line; {} for '== no tests ran in 1.2s =='.
+    """
     for line in reversed(output.splitlines()):
-        if SUMMARY_LINE.match(line.strip()):
-            for number, word in SUMMARY_COUNT.findall(line):
+        match = SUMMARY_LINE.match(line.strip())
+        if match:
+            counts = {}
+            for number, word in SUMMARY_COUNT.findall(match.group(1)):
                 counts["errors" if word.startswith("error") else word] = int(number)
-            break
-    return counts
+            return counts
+    return None
 
 
 def pytest_command(args: argparse.Namespace) -> list[str]:
@@ -325,7 +330,7 @@ def pytest_command(args: argparse.Namespace) -> list[str]:
 def run_suite(result: PassResult, base_url: str, args: argparse.Namespace) -> None:
     result.target = base_url
     env = dict(os.environ, TEST_API_BASE_URL=base_url, NO_PROXY="127.0.0.1,localhost",
-               no_proxy="127.0.0.1,localhost")
+               no_proxy="127.0.0.1,localhost", COLUMNS="200")  # 200: reasons on FAILED lines
     for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "PYTEST_ADDOPTS"):
         env.pop(name, None)
     output = CACHE / f"{result.name}.log"
@@ -337,9 +342,12 @@ def run_suite(result: PassResult, base_url: str, args: argparse.Namespace) -> No
         result.problems.append(str(error))
     finally:
         result.seconds = time.monotonic() - started
-    result.counts = parse_summary(output.read_text(errors="replace"))
-    if not result.counts:
+    counts = parse_summary(output.read_text(errors="replace"))
+    result.counts = counts or {}
+    if counts is None:
         result.problems.append(f"no pytest summary (exit {result.exit_code}), see {output}")
+    elif result.count("passed") + result.count("failed") + result.count("errors") == 0:
+        result.problems.append("no test ran (check -k and the test paths)")
     if result.count("failed") or result.count("errors"):
         result.problems.append(f"{result.count('failed')} failed, {result.count('errors')} errors")
 
@@ -357,7 +365,10 @@ def show_failures(result: PassResult, limit: int = 25) -> None:
     headers = [i for i, line in enumerate(lines) if re.match(r"^=+ (FAILURES|ERRORS) =+$", line)]
     if headers:
         print(f"\n--- {result.name}: first traceback ---")
-        print("\n".join(lines[headers[0] + 1:headers[0] + 60]))
+        for line in lines[headers[0] + 1:headers[0] + 60]:
+            if line.startswith("----") and "Captured" in line:
+                break
+            print(line)
 
 
 # ------------------------------------------------------------------- passes
@@ -379,6 +390,7 @@ def record_pass(steady_url: str, args: argparse.Namespace) -> PassResult:
         run_suite(result, f"{base}/v1", args)
     finally:
         check_stop(result, rechat)
+    note_rechat_errors(result)
     files = sum(1 for path in SESSIONS.rglob("*") if path.is_file())
     result.notes.append(f"{files} files recorded in {SESSIONS.relative_to(REPO)}")
     return result
@@ -393,7 +405,17 @@ def replay_pass(args: argparse.Namespace) -> PassResult:
         run_suite(result, f"{base}/v1", args)
     finally:
         check_stop(result, rechat)
+    note_rechat_errors(result)
     return result
+
+
+def note_rechat_errors(result: PassResult) -> None:
+    """With --quiet rechat prints only errors: count them, since the suite cannot see them."""
+    path = CACHE / f"rechat-{result.name}.log"
+    lines = path.read_text(errors="replace").splitlines()
+    errors = sum(1 for line in lines if " ERROR " in line or line.startswith("[error]"))
+    if errors:
+        result.notes.append(f"rechat logged {errors} errors (see {path.relative_to(REPO)})")
 
 
 def check_stop(result: PassResult, rechat: subprocess.Popen) -> None:
@@ -499,9 +521,10 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     args = parse_args(argv)
     try:
+        started = time.monotonic()
         setup()
+        log(f"setup ready in {time.monotonic() - started:.1f} s ({CACHE.relative_to(REPO)})")
         if args.setup_only:
-            log(f"setup done in {CACHE}")
             return 0
         if not args.passes:
             log("no pass selected")
@@ -512,7 +535,7 @@ def main(argv: list[str]) -> int:
         return 1
     print_table(results)
     for r in results:
-        if r.problems:
+        if r.count("failed") or r.count("errors"):
             show_failures(r)
     reasons = verdict(results)
     print()

@@ -1,0 +1,614 @@
+"""Tests for rechat.think: the streaming rewriter, its object transform and the byte adapters.
+
+The central property: however the input is split (text pieces, chunk contents, wire bytes),
+the output equals the one-shot rewrite, and nothing is held back longer than a marker could
+still be forming.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rechat.errors import ConfigError
+from rechat.sse import SSEParser
+from rechat.think import (
+    NDJSONStreamRewriter, SSEStreamRewriter, ThinkMode, ThinkPatterns, ThinkRewriter,
+    ThinkTransform, no_think, rewrite_json, rewrite_text, stream_rewriter,
+)
+
+P = ThinkPatterns()
+OPEN, CLOSE = P.open_pattern, P.close_pattern  # harmony markers
+
+# (mode, input, output)
+TEXT_CASES = [
+    ("keep", "<think>a</think>b", "<think>a</think>b"),
+    ("strip", "<think>reasoning</think>\n\nParis.", "Paris."),
+    ("strip", "no tags at all", "no tags at all"),
+    ("strip", "Hello <think>x</think> world", "Hello  world"),  # inner ws is the answer's own
+    ("strip", "<think>a</think><think>b</think>  c", "c"),
+    ("strip", "  <think>a</think>\n c", "  c"),  # ws before the block was already sent
+    ("strip", "<think>never closed", ""),
+    ("strip", "answer\n<think>cut off mid-thou", "answer\n"),
+    ("strip", "before</think>after", "before</think>after"),  # orphan close: left alone
+    ("strip", "<think><think>nested</think>tail</think>", "tail</think>"),  # no nesting
+    ("strip", "a<thinkb<think>c</think>d", "a<thinkbd"),
+    ("strip", "<think>x</think", ""),
+    ("strip", "<thin", "<thin"),
+    ("strip", f"{OPEN}analysis here{CLOSE}The answer", "The answer"),
+    ("strip", f"{OPEN}a</think>b{CLOSE}c", "c"),  # each block ends with its own close
+    ("strip", "<think>", ""),
+    ("strip", "</think>", "</think>"),
+    ("strip", "", ""),
+    ("tags", f"{OPEN}why{CLOSE}answer", "<think>why</think>answer"),
+    ("tags", f"x{OPEN}{OPEN}y", "x<think><think>y"),
+    ("tags", f"{CLOSE}", "</think>"),
+    ("tags", "<think>already tags</think>", "<think>already tags</think>"),
+    ("tags", "<|channel|>analysis<|messag", "<|channel|>analysis<|messag"),
+    ("tags", "<|end|><|start|>assistant<|channel|>commentary", "<|end|><|start|>assistant<|channel|>commentary"),
+]
+
+
+@pytest.mark.parametrize("mode,text,expected", TEXT_CASES)
+def test_rewrite_text_table(mode, text, expected):
+    assert rewrite_text(text, mode) == expected
+
+
+def run_pieces(rw: ThinkRewriter, pieces: list[str], whole: str, check_delay: bool = True) -> str:
+    """Feed `pieces`; after each, check the delay rule against the one-shot rewrite."""
+    out, fed = "", ""
+    for piece in pieces:
+        out += rw.feed(piece)
+        fed += piece
+        if check_delay:
+            held = rw.pending
+            assert len(held) <= rw.max_hold
+            assert fed.endswith(held)
+            # What came out is exactly the one-shot rewrite of everything but the held suffix.
+            assert out == rewrite_text(fed[:len(fed) - len(held)], rw.mode, rw.patterns)
+    out += rw.flush()
+    assert rw.pending == ""
+    return out
+
+
+@pytest.mark.parametrize("mode,text,expected", [c for c in TEXT_CASES if c[1]])
+def test_every_single_and_double_split(mode, text, expected):
+    n = len(text)
+    for i in range(n + 1):
+        assert run_pieces(ThinkRewriter(mode), [text[:i], text[i:]], text) == expected
+    if n <= 60:
+        for i, j in itertools.combinations(range(n + 1), 2):
+            assert run_pieces(ThinkRewriter(mode), [text[:i], text[i:j], text[j:]], text) == expected
+    assert run_pieces(ThinkRewriter(mode), list(text), text) == expected
+
+
+def test_max_hold_is_longest_marker_minus_one():
+    assert ThinkRewriter("tags").max_hold == len(CLOSE) - 1
+    assert ThinkRewriter("strip").max_hold == len(CLOSE) - 1
+    assert ThinkRewriter("strip", ThinkPatterns(open_pattern="<a>", close_pattern="</a>")).max_hold == len("</think>") - 1
+    assert ThinkRewriter("keep").max_hold == 0
+
+
+def test_holds_only_a_possible_marker_start():
+    rw = ThinkRewriter("strip")
+    assert rw.feed("Hello <") == "Hello "
+    assert rw.pending == "<"
+    assert rw.feed("b>") == "<b>"  # not a marker after all: released at once
+    assert rw.feed("x <thi") == "x "
+    assert rw.feed("nk>secret") == ""
+    assert rw.feed("</thi") == ""
+    assert rw.feed("nk>\n\nok") == "\n\nok"  # the answer had started: its whitespace stays
+    assert rw.flush() == ""
+
+
+def test_rewriter_is_reusable_after_flush():
+    rw = ThinkRewriter("strip")
+    assert rw.feed("<think>a") == ""
+    assert rw.flush() == ""
+    assert rw.feed("b") == "b"  # a fresh text: not inside the old block
+
+
+def test_keep_mode_passes_everything_immediately():
+    rw = ThinkRewriter("keep")
+    assert rw.feed("<thi") == "<thi"
+    assert rw.pending == ""
+
+
+# An independent reference for strip mode, written with str.find instead of the state machine.
+def oracle_strip(s: str) -> str:
+    pairs = {"<think>": "</think>", OPEN: CLOSE}
+    out, i, at_start, skip = [], 0, True, False
+    opener = re.compile(re.escape(OPEN) + "|" + re.escape("<think>"))
+
+    def emit(text):
+        nonlocal at_start, skip
+        if at_start and skip:
+            text = text.lstrip()
+        if text.strip():
+            at_start, skip = False, False
+        out.append(text)
+
+    while True:
+        m = opener.search(s, i)
+        if m is None:
+            emit(s[i:])
+            return "".join(out)
+        emit(s[i:m.start()])
+        end = s.find(pairs[m.group()], m.end())
+        if end < 0:
+            return "".join(out)
+        i = end + len(pairs[m.group()])
+        if at_start:
+            skip = True
+
+
+def oracle_tags(s: str) -> str:
+    return re.sub(re.escape(OPEN) + "|" + re.escape(CLOSE),
+                  lambda m: "<think>" if m.group() == OPEN else "</think>", s)
+
+
+FRAGMENTS = ["<think>", "</think>", "<", "</", "<th", "think>", "nk>", "a", "b c", "\n", " ",
+             OPEN, CLOSE, OPEN[:7], CLOSE[:20], CLOSE[20:], "<|", "|>", "é", "日本"]
+texts = st.lists(st.sampled_from(FRAGMENTS), max_size=14).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(texts, st.lists(st.integers(0, 200), max_size=6))
+def test_property_strip_matches_oracle_under_any_split(text, cuts):
+    assert rewrite_text(text, "strip") == oracle_strip(text)
+    bounds = sorted({min(c, len(text)) for c in cuts})
+    pieces = [text[a:b] for a, b in zip([0, *bounds], [*bounds, len(text)])]
+    assert run_pieces(ThinkRewriter("strip"), pieces, text) == oracle_strip(text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(texts, st.lists(st.integers(0, 200), max_size=6))
+def test_property_tags_matches_oracle_under_any_split(text, cuts):
+    assert rewrite_text(text, "tags") == oracle_tags(text)
+    bounds = sorted({min(c, len(text)) for c in cuts})
+    pieces = [text[a:b] for a, b in zip([0, *bounds], [*bounds, len(text)])]
+    assert run_pieces(ThinkRewriter("tags"), pieces, text) == oracle_tags(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["ab", "abc", "b", "c", "x", "bca"]), max_size=10).map("".join),
+       st.lists(st.integers(0, 40), max_size=5))
+def test_property_overlapping_custom_markers(text, cuts):
+    # Markers that overlap and prefix one another: leftmost-longest must hold under any split.
+    pats = ThinkPatterns(open_pattern="abc", close_pattern="b", open_tag="[", close_tag="]")
+    bounds = sorted({min(c, len(text)) for c in cuts})
+    pieces = [text[a:b] for a, b in zip([0, *bounds], [*bounds, len(text)])]
+    one_shot = rewrite_text(text, "tags", pats)
+    expected = re.sub("abc|b", lambda m: "[" if m.group() == "abc" else "]", text)
+    assert one_shot == expected
+    assert run_pieces(ThinkRewriter("tags", pats), pieces, text) == expected
+
+
+def test_custom_patterns_and_validation():
+    pats = ThinkPatterns(open_pattern="[[R]]", close_pattern="[[/R]]", open_tag="<r>", close_tag="</r>")
+    assert rewrite_text("[[R]]x[[/R]]y", "tags", pats) == "<r>x</r>y"
+    assert rewrite_text("<r>x</r>y", "strip", pats) == "y"
+    assert rewrite_text("[[R]]x[[/R]]y", "strip", pats) == "y"
+    with pytest.raises(ConfigError):
+        ThinkPatterns(open_tag="")
+    with pytest.raises(ConfigError):
+        ThinkPatterns(open_tag="<t>", close_tag="<t>")
+    with pytest.raises(ConfigError, match="valid: open_pattern"):
+        ThinkPatterns.from_dict({"opn_tag": "x"})
+    # A strip config whose tag equals the pattern is one marker pair, not two.
+    same = ThinkPatterns(open_pattern="<think>", close_pattern="</think>")
+    assert rewrite_text("<think>a</think>b", "strip", same) == "b"
+
+
+def test_mode_parse():
+    assert ThinkMode.parse("STRIP") is ThinkMode.STRIP
+    assert ThinkMode.parse(ThinkMode.TAGS) is ThinkMode.TAGS
+    with pytest.raises(ConfigError, match="keep, strip, tags"):
+        ThinkMode.parse("remove")
+
+
+def test_rewriter_is_fast_on_large_text():
+    text = ("lorem ipsum <b>dolor</b> < sit > amet " * 30000)  # ~1 MB with many '<'
+    pieces = [text[i:i + 1000] for i in range(0, len(text), 1000)]
+    t0 = time.perf_counter()
+    rw = ThinkRewriter("strip")
+    out = "".join(rw.feed(p) for p in pieces) + rw.flush()
+    assert out == text
+    assert time.perf_counter() - t0 < 10.0  # linear; quadratic would take minutes
+
+
+# -- SSE ------------------------------------------------------------------------------------
+
+BASE = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+
+
+def chunk(delta: dict, finish=None, index=0, **extra) -> dict:
+    return {**BASE, "choices": [{"index": index, "delta": delta, "logprobs": None,
+                                 "finish_reason": finish}], **extra}
+
+
+def sse(objs: list, done: bool = True) -> bytes:
+    out = b"".join(b"data: " + json.dumps(o, separators=(",", ":")).encode() + b"\n\n"
+                   if not isinstance(o, bytes) else o for o in objs)
+    return out + (b"data: [DONE]\n\n" if done else b"")
+
+
+def chat_stream(contents: list[str], done: bool = True, finish: bool = True) -> bytes:
+    objs = [chunk({"role": "assistant", "content": ""})]
+    objs += [chunk({"content": c}) for c in contents]
+    if finish:
+        objs.append(chunk({}, "stop"))
+    return sse(objs, done)
+
+
+def run_sse(data: bytes, cuts: list[int], mode="strip", transforms=None) -> bytes:
+    rw = SSEStreamRewriter(transforms if transforms is not None else [ThinkTransform(mode)])
+    bounds = [0, *cuts, len(data)]
+    out = b"".join(rw.feed(data[a:b]) for a, b in zip(bounds, bounds[1:]))
+    return out + rw.close()
+
+
+def events(data: bytes) -> list[str]:
+    p = SSEParser()
+    return [e.data for e in p.feed(data) + p.close()]
+
+
+def content_of(data: bytes) -> str:
+    text = ""
+    for d in events(data):
+        if d != "[DONE]":
+            for c in json.loads(d)["choices"]:
+                text += (c.get("delta") or {}).get("content") or c.get("text") or ""
+    return text
+
+
+SSE_CONTENTS = [
+    ["<thi", "nk>plan", " it</th", "ink>\n", "Hello", " <", "b> world"],
+    [OPEN[:5], OPEN[5:] + "reason", "ing" + CLOSE[:9], CLOSE[9:] + "Final", " answer"],
+    ["<think>only thinking, never closed"],
+    ["ends with a partial tag <th"],
+]
+
+
+@pytest.mark.parametrize("mode", ["strip", "tags"])
+@pytest.mark.parametrize("contents", SSE_CONTENTS)
+def test_sse_every_byte_boundary(mode, contents):
+    data = chat_stream(contents)
+    whole = run_sse(data, [], mode)
+    assert content_of(whole) == rewrite_text("".join(contents), mode)
+    for i in range(len(data) + 1):
+        assert run_sse(data, [i], mode) == whole, i
+
+
+def test_sse_every_pair_of_byte_boundaries():
+    # Compact chunks keep the O(n^2) sweep short; two cuts land in one event or in two.
+    data = sse([{"choices": [{"delta": {"content": "<th"}}]},
+                {"choices": [{"delta": {"content": "ink>x</think>Hi"}}]}])
+    whole = run_sse(data, [])
+    assert content_of(whole) == "Hi"
+    for i, j in itertools.combinations(range(len(data) + 1), 2):
+        assert run_sse(data, [i, j]) == whole
+
+
+@pytest.mark.parametrize("mode", ["strip", "tags"])
+@pytest.mark.parametrize("text", ["<think>abc</think>\n\nParis.", f"{OPEN}why{CLOSE}Paris."])
+def test_sse_tag_split_across_chunks_at_every_point(mode, text):
+    expected = rewrite_text(text, mode)
+    n = len(text)
+    splits = (itertools.combinations_with_replacement(range(n + 1), 2) if n < 40
+              else ((i, i) for i in range(n + 1)))
+    for i, j in splits:
+        out = run_sse(chat_stream([text[:i], text[i:j], text[j:]]), [], mode)
+        assert content_of(out) == expected, (i, j)
+    for i in range(n + 1):
+        # Delay rule per event: after each chunk, what the client has is the one-shot rewrite of
+        # the content so far, less at most the longest marker minus one characters.
+        rw = SSEStreamRewriter([ThinkTransform(mode)])
+        sent, got = "", ""
+        hold = ThinkRewriter(mode).max_hold
+        for piece in [text[:i], text[i:]]:
+            sent += piece
+            got += content_of(rw.feed(sse([chunk({"content": piece})], done=False)))
+            assert any(got == rewrite_text(sent[:k], mode)
+                       for k in range(max(0, len(sent) - hold), len(sent) + 1))
+
+
+def test_sse_held_text_goes_out_before_the_finish_chunk():
+    out = run_sse(chat_stream(["Hello <th"]), [])
+    evs = events(out)
+    objs = [json.loads(e) for e in evs[:-1]]
+    finish_at = next(i for i, o in enumerate(objs) if o["choices"] and o["choices"][0]["finish_reason"])
+    flushed = objs[finish_at - 1]
+    assert flushed["choices"] == [{"index": 0, "delta": {"content": "<th"}, "logprobs": None,
+                                   "finish_reason": None}]
+    assert {k: flushed[k] for k in BASE} == BASE
+    assert objs[finish_at]["choices"][0]["delta"] == {}
+    assert evs[-1] == "[DONE]"
+
+
+def test_sse_finish_chunk_with_content_gets_the_rest_in_place():
+    data = sse([chunk({"content": "a <th"}), chunk({"content": "x"}, "stop")])
+    evs = events(run_sse(data, []))
+    assert [json.loads(e)["choices"][0]["delta"].get("content") for e in evs[:-1]] == ["a ", "<thx"]
+
+
+def test_sse_flush_at_done_and_at_close():
+    # No finish_reason at all: the held text goes out before [DONE].
+    out = run_sse(chat_stream(["x <thi"], finish=False), [])
+    assert events(out)[-2:] == [json.dumps(chunk({"content": "<thi"}), separators=(",", ":")), "[DONE]"]
+    # Stream cut short: no finish, no [DONE]; the held text still reaches the client.
+    out = run_sse(chat_stream(["x <thi"], done=False, finish=False), [])
+    assert content_of(out) == "x <thi"
+
+
+def test_sse_unchanged_events_pass_byte_for_byte():
+    data = (b": keep-alive\n\n"
+            b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"plain"}}]}\n\n'
+            b"event: error\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"<think>x</think>\"}}]}\n\n"
+            b"data: not json <think>\n\n"
+            b"data: [1, 2]\n\n"
+            b'data: {"object":"list","data":[]}\n\n'
+            b'data:  {"spacing" :  "kept", "choices": []}\n\n'
+            b"id: 7\nretry: 100\n\n"
+            b"data: [DONE]\n\n")
+    for i in range(len(data) + 1):
+        assert run_sse(data, [i]) == data
+
+
+def test_sse_keep_alive_is_not_held_until_the_next_event():
+    rw = SSEStreamRewriter([ThinkTransform("strip")])
+    assert rw.feed(b": OPENROUTER PROCESSING\n\n") == b": OPENROUTER PROCESSING\n\n"
+    assert rw.feed(b": ping\r\n\r") == b""  # the CR may be half a CRLF
+    assert rw.feed(b"\n") == b": ping\r\n\r\n"
+
+
+def test_sse_changed_event_keeps_its_other_lines():
+    data = (b"\xef\xbb\xbf: note\r\nid: 42\r\nevent: message\r\n"
+            b'data: {"choices":[{"index":0,\r\ndata: "delta":{"content":"<think>x</think>A"}}]}\r\n\r\n')
+    out = run_sse(data, [])
+    assert out == (b"\xef\xbb\xbf: note\r\nid: 42\r\nevent: message\r\n"
+                   b'data: {"choices":[{"index":0,"delta":{"content":"A"}}]}\r\n\r\n')
+    for i in range(len(data) + 1):
+        assert run_sse(data, [i]) == out
+
+
+def test_sse_lone_cr_line_endings():
+    data = b'data: {"choices":[{"index":0,"delta":{"content":"<think>a</think>b"}}]}\r\r'
+    assert run_sse(data, []) == b'data: {"choices":[{"index":0,"delta":{"content":"b"}}]}\r\r'
+
+
+def test_sse_reasoning_fields_are_never_touched():
+    data = sse([chunk({"reasoning_content": "<think>r</think>", "reasoning": "<think>",
+                       "content": "<think>x</think>y"}, "stop")])
+    obj = json.loads(events(run_sse(data, []))[0])
+    assert obj["choices"][0]["delta"] == {"reasoning_content": "<think>r</think>",
+                                          "reasoning": "<think>", "content": "y"}
+
+
+def test_sse_several_choices_have_their_own_rewriter():
+    objs = [chunk({"content": "<thi"}, index=0), chunk({"content": "A<thi"}, index=1),
+            chunk({"content": "nk>x</think>B"}, index=0), chunk({"content": "nk>y</think>C"}, index=1),
+            chunk({}, "stop", index=0), chunk({}, "stop", index=1)]
+    out = run_sse(sse(objs), [])
+    by_index: dict[int, str] = {0: "", 1: ""}
+    for d in events(out)[:-1]:
+        for c in json.loads(d)["choices"]:
+            by_index[c["index"]] += c["delta"].get("content") or ""
+    assert by_index == {0: "B", 1: "AC"}
+
+
+def test_sse_usage_chunk_and_tool_calls_pass():
+    tool = chunk({"tool_calls": [{"index": 0, "id": "t", "function": {"name": "f", "arguments": "<think>"}}]})
+    usage = {**BASE, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}
+    data = sse([tool, chunk({}, "tool_calls"), usage])
+    assert run_sse(data, []) == data
+
+
+def test_sse_legacy_completions_text():
+    base = {"id": "cmpl", "object": "text_completion", "created": 1, "model": "m"}
+    objs = [{**base, "choices": [{"index": 0, "text": t, "logprobs": None, "finish_reason": f}]}
+            for t, f in [("<think>a</th", None), ("ink>Hi <th", None), ("", "stop")]]
+    out = run_sse(sse(objs), [])
+    assert content_of(out) == "Hi <th"
+    assert json.loads(events(out)[-3])["choices"][0] == {"index": 0, "text": "<th", "logprobs": None,
+                                                         "finish_reason": None}
+
+
+def test_sse_keep_mode_is_identity():
+    data = chat_stream(["<think>x</think>y"])
+    assert run_sse(data, [], "keep") == data
+
+
+def test_sse_feed_after_close_raises():
+    rw = SSEStreamRewriter([])
+    rw.close()
+    with pytest.raises(ValueError):
+        rw.feed(b"x")
+    assert rw.close() == b""
+
+
+def test_sse_unterminated_final_event_is_passed_after_flushed_text():
+    data = chat_stream(["a <th"], done=False, finish=False) + b'data: {"partial'
+    out = run_sse(data, [])
+    assert out.endswith(b'data: {"partial')
+    assert content_of(out) == "a <th"
+
+
+def test_sse_throughput():
+    data = chat_stream([f"token{i} " for i in range(20000)])
+    t0 = time.perf_counter()
+    out = run_sse(data, list(range(0, len(data), 4096)))
+    assert content_of(out) == "".join(f"token{i} " for i in range(20000))
+    assert time.perf_counter() - t0 < 15.0  # linear; quadratic would take minutes
+
+
+# -- NDJSON ---------------------------------------------------------------------------------
+
+
+def ollama_chat(contents: list[str]) -> bytes:
+    lines = [{"model": "qwen3", "created_at": "t", "message": {"role": "assistant", "content": c},
+              "done": False} for c in contents]
+    lines.append({"model": "qwen3", "created_at": "t", "message": {"role": "assistant", "content": ""},
+                  "done": True, "done_reason": "stop", "eval_count": 3})
+    return b"".join(json.dumps(x, separators=(",", ":")).encode() + b"\n" for x in lines)
+
+
+def ollama_generate(contents: list[str]) -> bytes:
+    lines = [{"model": "qwen3", "created_at": "t", "response": c, "done": False} for c in contents]
+    lines.append({"model": "qwen3", "created_at": "t", "response": "", "done": True, "context": [1]})
+    return b"".join(json.dumps(x).encode() + b"\n" for x in lines)
+
+
+def run_nd(data: bytes, cuts: list[int], mode="strip") -> bytes:
+    rw = NDJSONStreamRewriter([ThinkTransform(mode)])
+    bounds = [0, *cuts, len(data)]
+    return b"".join(rw.feed(data[a:b]) for a, b in zip(bounds, bounds[1:])) + rw.close()
+
+
+def nd_content(data: bytes) -> str:
+    out = ""
+    for line in data.splitlines():
+        obj = json.loads(line)
+        out += obj["message"]["content"] if "message" in obj else obj["response"]
+    return out
+
+
+@pytest.mark.parametrize("mode", ["strip", "tags"])
+@pytest.mark.parametrize("make", [ollama_chat, ollama_generate])
+@pytest.mark.parametrize("contents", SSE_CONTENTS)
+def test_ndjson_every_byte_boundary(mode, make, contents):
+    data = make(contents)
+    whole = run_nd(data, [], mode)
+    assert nd_content(whole) == rewrite_text("".join(contents), mode)
+    for i in range(len(data) + 1):
+        assert run_nd(data, [i], mode) == whole
+
+
+def test_ndjson_every_pair_of_byte_boundaries():
+    data = b'{"response":"<th"}\n{"response":"ink>x</th"}\n{"response":"ink>Hi","done":true}\n'
+    whole = run_nd(data, [])
+    assert nd_content(whole) == "Hi"
+    for i, j in itertools.combinations(range(len(data) + 1), 2):
+        assert run_nd(data, [i, j]) == whole
+
+
+@pytest.mark.parametrize("make", [ollama_chat, ollama_generate])
+def test_ndjson_tag_split_across_lines_at_every_point(make):
+    text = "<think>abc</think>\n\nParis <b>"
+    for i, j in itertools.combinations_with_replacement(range(len(text) + 1), 2):
+        assert nd_content(run_nd(make([text[:i], text[i:j], text[j:]]), [])) == "Paris <b>"
+
+
+def test_ndjson_held_text_goes_before_the_done_line():
+    out = run_nd(ollama_chat(["Hi <th"]), [])
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert lines[-2] == {"model": "qwen3", "created_at": "t",
+                         "message": {"role": "assistant", "content": "<th"}, "done": False}
+    assert lines[-1]["done"] is True and lines[-1]["eval_count"] == 3
+
+
+def test_ndjson_thinking_field_and_other_lines_untouched():
+    data = (b'{"model":"q","message":{"role":"assistant","content":"","thinking":"<think>hm"},"done":false}\n'
+            b"not json\n\n"
+            b'{"error":"boom"}\r\n'
+            b"[1,2]\n")
+    for i in range(len(data) + 1):
+        assert run_nd(data, [i]) == data
+
+
+def test_ndjson_unterminated_last_line_is_a_line():
+    data = b'{"response":"<think>x</think>ok <th","done":false}'
+    out = run_nd(data, [])
+    assert out.splitlines() == [b'{"response":"ok ","done":false}', b'{"response":"<th","done":false}']
+
+
+# -- whole bodies and stream choice ---------------------------------------------------------
+
+
+def test_rewrite_json_chat_completion():
+    body = json.dumps({"id": "x", "object": "chat.completion", "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "<think>r</think>\nA",
+                                 "reasoning_content": "<think>kept</think>"}, "finish_reason": "stop"},
+        {"index": 1, "message": {"role": "assistant", "content": None, "tool_calls": []},
+         "finish_reason": "tool_calls"}]}).encode()
+    out = json.loads(rewrite_json(body, [ThinkTransform("strip")]))
+    assert out["choices"][0]["message"] == {"role": "assistant", "content": "A",
+                                            "reasoning_content": "<think>kept</think>"}
+    assert out["choices"][1]["message"]["content"] is None
+    tags = json.loads(rewrite_json(json.dumps({"choices": [{"message": {
+        "content": f"{OPEN}r{CLOSE}A"}, "finish_reason": "stop"}]}).encode(), [ThinkTransform("tags")]))
+    assert tags["choices"][0]["message"]["content"] == "<think>r</think>A"
+
+
+def test_rewrite_json_other_shapes():
+    t = [ThinkTransform("strip")]
+    legacy = {"object": "text_completion", "choices": [{"index": 0, "text": "<think>x</think>y",
+                                                        "finish_reason": "length"}]}
+    assert json.loads(rewrite_json(json.dumps(legacy).encode(), t))["choices"][0]["text"] == "y"
+    ollama = {"model": "q", "message": {"role": "assistant", "content": "<think>x</think>y",
+                                        "thinking": "t"}, "done": True}
+    assert json.loads(rewrite_json(json.dumps(ollama).encode(), t))["message"] == {
+        "role": "assistant", "content": "y", "thinking": "t"}
+    gen = {"model": "q", "response": "<think>x</think>y", "done": True}
+    assert json.loads(rewrite_json(json.dumps(gen).encode(), t))["response"] == "y"
+
+
+def test_rewrite_json_unchanged_returns_the_same_bytes():
+    t = [ThinkTransform("strip")]
+    for body in [b'{"choices": [{"message": {"content": "plain"}}]}', b"not json", b"[1]",
+                 b'{"data": []}', b"\xff\xfe"]:
+        assert rewrite_json(body, t) is body
+
+
+def test_stream_rewriter_by_content_type():
+    assert isinstance(stream_rewriter("text/event-stream; charset=utf-8", []), SSEStreamRewriter)
+    assert isinstance(stream_rewriter("application/x-ndjson", []), NDJSONStreamRewriter)
+    assert stream_rewriter("application/json", []) is None
+
+
+def test_transforms_never_mutate_their_input():
+    obj = chunk({"content": "<think>x</think>y"}, "stop")
+    before = json.dumps(obj)
+    ThinkTransform("strip").feed(obj)
+    assert json.dumps(obj) == before
+
+
+# -- no_think -------------------------------------------------------------------------------
+
+NO_THINK_CASES = [
+    ({"messages": [{"role": "user", "content": "Hi"}]}, {"messages": [{"role": "user", "content": "Hi /no_think"}]}),
+    ({"messages": [{"role": "user", "content": "Hi\n"}]}, {"messages": [{"role": "user", "content": "Hi\n/no_think"}]}),
+    ({"messages": [{"role": "user", "content": ""}]}, {"messages": [{"role": "user", "content": "/no_think"}]}),
+    ({"messages": [{"role": "user", "content": "Hi /no_think"}]}, None),  # already there
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                   {"role": "user", "content": "c"}, {"role": "tool", "content": "d"}]},
+     {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                   {"role": "user", "content": "c /no_think"}, {"role": "tool", "content": "d"}]}),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "look"},
+                                                {"type": "image_url", "image_url": {"url": "u"}}]}]},
+     {"messages": [{"role": "user", "content": [{"type": "text", "text": "look /no_think"},
+                                                {"type": "image_url", "image_url": {"url": "u"}}]}]}),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}]}]},
+     {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}},
+                                                {"type": "text", "text": "/no_think"}]}]}),
+    ({"messages": [{"role": "system", "content": "s"}]}, None),  # no user message
+    ({"model": "q", "prompt": "Why?"}, {"model": "q", "prompt": "Why? /no_think"}),
+    ({"input": "embed me"}, None),
+]
+
+
+@pytest.mark.parametrize("body,expected", NO_THINK_CASES)
+def test_no_think(body, expected):
+    before = json.dumps(body)
+    out = no_think(body)
+    assert json.dumps(body) == before  # never mutated
+    if expected is None:
+        assert out is body
+    else:
+        assert out == expected
