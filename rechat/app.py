@@ -24,7 +24,10 @@ from rechat.policy import Mode
 from rechat.proxy import Proxy, ProxyConfig, ProxyEvent
 from rechat.reload import Watcher
 from rechat.store import Store
-from rechat.upstream import Upstream
+from rechat.gateway import Gateway, GatewaySettings
+from rechat.modelmap import ModelMap
+from rechat.routes import GatewayConfig, load_config, parse_routes
+from rechat.think import ThinkMode
 
 DEFAULT_UPSTREAM = "https://api.openai.com/v1"
 
@@ -41,7 +44,7 @@ class Config:
     """
 
     mode: Mode = Mode.SERVE
-    upstream: str | None = DEFAULT_UPSTREAM
+    upstream: str | list[str] | None = DEFAULT_UPSTREAM  # one URL, or routes (rechat/routes.py)
     sessions: list[str] = field(default_factory=lambda: ["sessions"])
     host: str = "127.0.0.1"
     port: int = 8910
@@ -58,6 +61,14 @@ class Config:
     fuzzy: float | None = None
     diff: bool = False
     latency: float = 0.0  # 0 = as fast as possible, 1 = as recorded
+    config_file: str | None = None  # TOML gateway config (routes.load_config)
+    balance: str | None = None  # round-robin | least-busy (None: the config file's, or round-robin)
+    cooldown_s: float | None = None
+    model_map: str | None = None  # JSON: {"name": "name", "/regex/": "template"}
+    override_model: str | None = None
+    restore_model: bool | None = None
+    think: str | None = None  # keep | strip | tags
+    no_think: bool | None = None
     dump_dir: str | None = "."  # where flows_<timestamp>.jsonl goes; None writes no dump
     flows: list[str] | None = None  # dumps loaded as answers; [] = every flows_*.jsonl in dump_dir
 
@@ -76,6 +87,36 @@ class Hooks:
 STORE = web.AppKey("store", Store)
 PROXY = web.AppKey("proxy", Proxy)
 CONFIG = web.AppKey("config", Config)
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def gateway_settings(config: Config) -> GatewaySettings:
+    """Return the gateway settings of `config`: its config file, then command-line values.
+
+    Raises ConfigError for a bad route, config file, model map or think mode.
+    """
+    g = load_config(config.config_file) if config.config_file else GatewayConfig()
+    specs = [config.upstream] if isinstance(config.upstream, str) else list(config.upstream or [])
+    routes = g.routes + parse_routes(specs) if config.mode is not Mode.REPLAY else ()
+    model_map = g.model_map
+    if config.model_map:
+        model_map = ModelMap.from_json(config.model_map, override=model_map.override)
+    if config.override_model:
+        model_map = model_map.with_override(config.override_model)
+    return GatewaySettings(
+        routes=routes, balance=config.balance or g.balance,
+        cooldown_s=g.cooldown_s if config.cooldown_s is None else config.cooldown_s,
+        model_map=model_map,
+        restore_model=g.restore_model if config.restore_model is None else config.restore_model,
+        think=ThinkMode.parse(config.think) if config.think else g.think,
+        think_patterns=g.think_patterns,
+        no_think=g.no_think if config.no_think is None else config.no_think,
+        timeout_s=config.timeout_s, default_port=config.port)
+
+
+def _upstream_name(gateway: Gateway) -> str | None:
+    routes = gateway.routes
+    return routes[0].url if len(routes) == 1 else (", ".join(r.name for r in routes) or None)
 
 
 def create_app(config: Config, hooks: Hooks | None = None) -> web.Application:
@@ -83,15 +124,14 @@ def create_app(config: Config, hooks: Hooks | None = None) -> web.Application:
     hooks = hooks or Hooks()
     store = Store(config.sessions, on_error=hooks.on_error, match=config.match,
                   repeat=config.repeat)
-    upstream = (Upstream(config.upstream, config.timeout_s)
-                if config.upstream and config.mode is not Mode.REPLAY else None)
-    proxy = Proxy(ProxyConfig(config.mode, upstream, respond=config.respond, store=config.store,
+    gateway = Gateway(gateway_settings(config))
+    proxy = Proxy(ProxyConfig(config.mode, gateway, respond=config.respond, store=config.store,
                               fuzzy=config.fuzzy, diff=config.diff, latency=config.latency), store)
     if hooks.on_event:
         proxy.subscribe(hooks.on_event)
 
     app = web.Application(client_max_size=1 << 30)
-    app[STORE], app[PROXY], app[CONFIG] = store, proxy, config
+    app[STORE], app[PROXY], app[CONFIG], app[GATEWAY] = store, proxy, config, gateway
 
     async def lifecycle(app: web.Application):
         await asyncio.to_thread(store.load, hooks.on_progress)
@@ -99,10 +139,9 @@ def create_app(config: Config, hooks: Hooks | None = None) -> web.Application:
             paths = config.flows or dump.find_dumps(config.dump_dir or ".")
             await asyncio.to_thread(dump.load_answers, store.remember, paths)
         writer = (dump.DumpWriter(dump.default_path(config.dump_dir),
-                                  upstream=upstream.base if upstream else None).attach(proxy)
+                                  upstream=_upstream_name(gateway)).attach(proxy)
                   if config.dump_dir is not None else None)
-        if upstream is not None:
-            await upstream.start()
+        await gateway.start()
         watcher = Watcher(store, hooks.on_reload) if config.watch else None
         if watcher is not None:
             await watcher.start()
@@ -112,13 +151,13 @@ def create_app(config: Config, hooks: Hooks | None = None) -> web.Application:
         await store.flush()
         if writer is not None:
             await writer.aclose()
-        if upstream is not None:
-            await upstream.close()
+        await gateway.close()
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({
             "status": "ok", "version": __version__, "mode": config.mode.value,
-            "upstream": upstream.base if upstream else None,
+            "upstream": _upstream_name(gateway),
+            "upstreams": gateway.balancer.snapshot(),
             "sessions": len(store.files), "answers": store.answer_count,
             "broken_sessions": sorted(store.errors),
         })
@@ -134,6 +173,7 @@ def create_app(config: Config, hooks: Hooks | None = None) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_route("*", "/v1", proxy.handle)
     app.router.add_route("*", "/v1/{tail:.*}", proxy.handle)
+    app.router.add_route("*", "/api/{tail:.*}", proxy.handle)  # Ollama's API
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
 
@@ -148,6 +188,9 @@ async def serve(config: Config, hooks: Hooks | None = None) -> None:
     await site.start()
     sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
     port = sockets[0].getsockname()[1] if sockets else config.port
+    for extra in app[GATEWAY].ports():  # each local port a route names is listened on too
+        if extra != port:
+            await web.TCPSite(runner, config.host, extra, reuse_address=True).start()
     host = f"[{config.host}]" if ":" in config.host else config.host
     if hooks.on_ready:
         hooks.on_ready(config, app[STORE], f"http://{host}:{port}")

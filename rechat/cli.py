@@ -32,8 +32,11 @@ def _opt(*names: str, env: str, help: str, metavar: str | None = None, **kw):
     return typer.Option(*names, envvar=f"RECHAT_{env}", help=help, metavar=metavar, **kw)
 
 
-Upstream = Annotated[str, typer.Argument(envvar="RECHAT_UPSTREAM", metavar="UPSTREAM",
-                                         help="Upstream base URL; /v1/X goes to UPSTREAM/X.")]
+Upstream = Annotated[Optional[list[str]], typer.Argument(
+    envvar="RECHAT_UPSTREAM", metavar="UPSTREAM...", show_default=False,
+    help="Upstream base URL(s); /v1/X goes to UPSTREAM/X. Several upstreams route by model: "
+         "URL:LOCAL_PORT:MODEL, URL::MODEL, KEY_ENV@URL (docs/gateway.md). "
+         "[default: https://api.openai.com/v1]")]
 Host = Annotated[str, _opt("--host", env="HOST", metavar="HOST", help="Address to listen on.")]
 Port = Annotated[int, _opt("--port", "-p", env="PORT", metavar="PORT",
                            help="Port to listen on (0 picks a free one).")]
@@ -76,6 +79,25 @@ NoDump = Annotated[bool, _opt("--no-dump", env="NO_DUMP", help="Write no dump.")
 Flow = Annotated[Optional[list[str]], typer.Option(
     "--flow", "-f", metavar="DUMP",
     help="Load a dump as answers (repeatable); -f alone loads every flows_*.jsonl in --dump-dir.")]
+ConfigFile = Annotated[Optional[str], _opt("--config", "-c", env="CONFIG", metavar="FILE",
+                                           help="TOML gateway config: upstreams, model map, think.")]
+Balance = Annotated[Optional[str], _opt("--balance", env="BALANCE", metavar="round-robin|least-busy",
+                                        help="How upstreams serving one model share the load.")]
+Cooldown = Annotated[Optional[float], _opt(
+    "--cooldown", env="COOLDOWN", metavar="SECONDS",
+    help="How long a failing upstream leaves the rotation. [default: 30]")]
+ModelMapOpt = Annotated[Optional[str], typer.Option(
+    "--model-map", envvar="RECHAT_MODEL_MAP", metavar="JSON",
+    help='Rename models: {"gpt-3.5-turbo": "llama3-8b", "/gpt-(.*)turbo/": "llama3-\\1"}.')]
+Override = Annotated[Optional[str], _opt("--override-model", env="OVERRIDE_MODEL", metavar="NAME",
+                                         help="Send every request to this model.")]
+Restore = Annotated[Optional[bool], _opt(
+    "--restore-model/--served-model", env="RESTORE_MODEL",
+    help="Answers name the model the client asked for (default), or the one that served it.")]
+Think = Annotated[Optional[str], _opt("--think", env="THINK", metavar="keep|strip|tags",
+                                      help="Rewrite reasoning in answers. [default: keep]")]
+NoThink = Annotated[Optional[bool], _opt("--no-think", env="NO_THINK",
+                                         help="Append /no_think to the last user message.")]
 UIToken = Annotated[Optional[str], _opt("--ui-token", env="UI_TOKEN", metavar="TOKEN",
                                         help="Require this token for the web UI and its API.")]
 
@@ -110,7 +132,10 @@ def _run(command_mode: Mode, upstream: str | None, sessions: list[str] | None, *
             respond=o["respond"], store=o["store"], match=o["match"], repeat=o["repeat"],
             fuzzy=o["fuzzy"], diff=o["diff"], latency=parse_latency(o["latency"]),
             dump_dir=None if o["no_dump"] else o["dump_dir"],
-            flows=None if o["flow"] is None else [f for f in o["flow"] if f])
+            flows=None if o["flow"] is None else [f for f in o["flow"] if f],
+            config_file=o["config"], balance=o["balance"], cooldown_s=o["cooldown"],
+            model_map=o["model_map"], override_model=o["override_model"],
+            restore_model=o["restore_model"], think=o["think"], no_think=o["no_think"])
         if config.fuzzy is not None and not 0 <= config.fuzzy <= 1:
             raise ConfigError(f"--fuzzy takes a similarity between 0 and 1, not {config.fuzzy}")
         if config.host not in ("127.0.0.1", "localhost", "::1"):
@@ -137,7 +162,10 @@ _COMMON = [
     ("quiet", Quiet, False), ("verbose", Verbose, False), ("no_watch", NoWatch, False),
     ("no_ui", NoUI, False), ("log_db", LogDb, None), ("log_max_age_days", LogAge, 7.0),
     ("ui_token", UIToken, None), ("dump_dir", DumpDir, "."), ("no_dump", NoDump, False),
-    ("flow", Flow, None),
+    ("flow", Flow, None), ("config", ConfigFile, None), ("balance", Balance, None),
+    ("cooldown", Cooldown, None), ("model_map", ModelMapOpt, None),
+    ("override_model", Override, None), ("restore_model", Restore, None), ("think", Think, None),
+    ("no_think", NoThink, None),
 ]
 _DIRS = Annotated[Optional[list[str]], typer.Argument(
     metavar="DIR", show_default=False, help="Sessions folders (same as --sessions).")]
@@ -147,12 +175,12 @@ def _command(mode: Mode, doc: str, takes_upstream: bool):
     """Return the typer command of one record mode: its positional argument, then _COMMON."""
 
     def command(**o) -> None:
-        upstream = o.pop("upstream", None)
+        upstream = o.pop("upstream", None) or ([DEFAULT_UPSTREAM] if takes_upstream else None)
         dirs = o.pop("dirs", None) or []
         _run(mode, upstream, dirs + (o.pop("sessions") or []), **o)
 
     first = (inspect.Parameter("upstream", inspect.Parameter.KEYWORD_ONLY,
-                               default=DEFAULT_UPSTREAM, annotation=Upstream) if takes_upstream
+                               default=None, annotation=Upstream) if takes_upstream
              else inspect.Parameter("dirs", inspect.Parameter.KEYWORD_ONLY, default=None,
                                     annotation=_DIRS))
     command.__signature__ = inspect.Signature([first] + [

@@ -71,6 +71,8 @@ class ConsoleView:
         if self.level == "quiet":
             return
         up = config.upstream if config.mode.value != "replay" else "none (offline)"
+        if isinstance(up, list):
+            up = ", ".join(up)
         self.out.print(Text.assemble(("rechat ", "bold"), (config.mode.value, "bold magenta"),
                                      f" · listening on {url}/v1 · upstream {up}"))
         self.out.print(f"sessions: {', '.join(store.dirs)} · {len(store.files)} files, "
@@ -85,7 +87,8 @@ class ConsoleView:
         c = self.counts
         self.out.print(f"rechat: {sum(c.values())} requests · {c['replay']} replayed · "
                        f"{c['record']} recorded · {c['forward']} forwarded · {c['miss']} missed"
-                       + (f" · {c['error']} errors" if c["error"] else ""))
+                       + (f" · {c['error']} errors" if c["error"] else "")
+                       + f" · {_duration(self.saved_ms)} saved")
 
     # -- events ----------------------------------------------------------------------------
 
@@ -179,6 +182,18 @@ class ConsoleView:
         if self.level != "verbose" and len(text) > _LIMIT:
             text = text[:_LIMIT] + f" … ({len(text) - _LIMIT} more characters)"
         self.out.print(Padding(Text(text), (0, 0, 0, 4)))
+
+
+def _duration(ms: float) -> str:
+    """`ms` for people: 0.4 s, 12 s, 3 min 05 s, 2 h 10 min."""
+    s = ms / 1000
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
 
 
 __all__ = ["ConsoleView"]

@@ -109,12 +109,17 @@ class Response:
 
 @dataclass(slots=True)
 class Exchange:
-    """A request and the response it got from `upstream`, recorded at `recorded_at` (epoch s)."""
+    """A request and the response it got from `upstream`, recorded at `recorded_at` (epoch s).
+
+    `request` is as the client sent it (the key of its recording); `served_model` names the
+    model actually sent upstream when rechat's model map rewrote it.
+    """
 
     request: Request
     response: Response
     upstream: str = ""
     recorded_at: float = 0.0
+    served_model: str | None = None  # the model sent upstream, when the model map changed it
 
 
 @dataclass(slots=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,9 @@ from rechat.matching import diff, request_text
 from rechat.policy import Action, Mode, decide, looks_up, records
 from rechat.sse import SSEParser
 from rechat.store import Store
-from rechat.upstream import HOP_BY_HOP, Upstream
+from rechat.gateway import Gateway, Outbound
+from rechat.think import SSEStreamRewriter, rewrite_json, stream_rewriter
+from rechat.upstream import HOP_BY_HOP
 
 log = logging.getLogger("rechat")
 
@@ -68,7 +71,8 @@ class ProxyEvent:
 class ProxyConfig:
     """The proxy's settings.
 
-    `upstream` may be None in replay mode. `respond`/`store` are the caching proxy's two
+    `gateway` holds the upstreams (none in replay mode), the model map and the answer
+    transforms (rechat/gateway.py). `respond`/`store` are the caching proxy's two
     switches (answer from the sessions at all; record at all). `fuzzy` (0..1) serves the nearest
     recorded answer on a miss when its similarity reaches it; `diff` attaches the diff against
     the nearest recorded request to miss events; `latency` scales the recorded timing on replay
@@ -76,7 +80,7 @@ class ProxyConfig:
     """
 
     mode: Mode = Mode.SERVE
-    upstream: Upstream | None = None
+    gateway: Gateway | None = None
     respond: bool = True
     store: bool = True
     fuzzy: float | None = None
@@ -142,6 +146,10 @@ class Proxy:
                       similarity: float | None = None) -> web.StreamResponse:
         reply = (answers.chat_reply(answer, req) if answer.kind == "chat"
                  else answers.generic_reply(answer))
+        gw = self.config.gateway
+        if gw is not None:
+            out = gw.outbound(req)
+            reply = _transform_reply(reply, gw.transforms(out.asked, out.served))
         fuzzy = f"fuzzy={similarity:.2f}; " if similarity is not None else ""
         tag = ("x-rechat", f"replay; {fuzzy}session={_name(answer.session)}")
         delays = _delays(answer, reply, self.config.latency)
@@ -191,34 +199,78 @@ class Proxy:
 
     async def _forward(self, wreq: web.Request, req: Request, record: bool,
                        ctx: "_Ctx", miss: dict | None = None) -> web.StreamResponse:
-        up = self.config.upstream
-        if up is None:
+        gw = self.config.gateway
+        if gw is None or not gw.routes:
             return self._error(req, ctx, 502, "rechat has no upstream configured.",
                                "no_upstream", "server_error")
+        if gw.is_gateway and req.method == "GET" and req.path in ("/v1/models", "/api/tags"):
+            return await self._models(req, ctx, record)
+        out = gw.outbound(req)
+        sock = wreq.transport.get_extra_info("sockname") if wreq.transport else None
+        candidates = gw.candidates(out.served, gw.port_for(sock[1] if sock else None))
+        if not candidates:
+            return self._error(req, ctx, 404, f"No upstream serves the model {out.served!r} on "
+                               "this port.", "model_not_found")
+        failure = None
+        for i, (route, up) in enumerate(candidates):
+            last = i == len(candidates) - 1
+            gw.balancer.started(route)
+            t_send = time.perf_counter()
+            try:
+                cm = up.request(req.method, req.path, req.query, gw.headers(route, req.headers),
+                                out.body)
+                uresp = await cm.__aenter__()
+            except asyncio.TimeoutError:
+                gw.balancer.finished(route, None)
+                failure = (UpstreamTimeout, f"The upstream {up.base} did not answer in time.")
+                continue
+            except aiohttp.ClientError as e:
+                gw.balancer.finished(route, None)
+                failure = (UpstreamError, f"The upstream {up.base} could not be reached: {e}")
+                continue
+            if uresp.status >= 500 and not last:
+                # Failover: nothing has reached the client yet, so the next upstream may answer.
+                gw.balancer.finished(route, uresp.status)
+                await cm.__aexit__(None, None, None)
+                continue
+            outcome: dict = {}
+            try:
+                return await self._relay(wreq, req, uresp, record, ctx, t_send, miss or {},
+                                         up.base, gw.transforms(out.asked, out.served),
+                                         out, outcome)
+            finally:
+                gw.balancer.finished(route, uresp.status, failed=not outcome.get("complete", False)
+                                     or uresp.status >= 500)
+                await cm.__aexit__(None, None, None)
+        err, message = failure
+        return self._error(req, ctx, err.status, message, err.code, "server_error")
+
+    async def _models(self, req: Request, ctx: "_Ctx", record: bool) -> web.StreamResponse:
+        """The union of the upstreams' model lists and the configured names (gateway mode)."""
         t_send = time.perf_counter()
-        try:
-            cm = up.request(req.method, req.path, req.query, req.headers, req.body)
-            uresp = await cm.__aenter__()
-        except asyncio.TimeoutError:
-            return self._error(req, ctx, UpstreamTimeout.status, f"The upstream {up.base} did not "
-                               "answer in time.", UpstreamTimeout.code, "server_error")
-        except aiohttp.ClientError as e:
-            return self._error(req, ctx, UpstreamError.status, f"The upstream {up.base} could not "
-                               f"be reached: {e}", UpstreamError.code, "server_error")
-        try:
-            return await self._relay(wreq, req, uresp, record, ctx, t_send, miss or {})
-        finally:
-            await cm.__aexit__(None, None, None)
+        body = json.dumps(await self.config.gateway.models(req.headers, req.path)).encode()
+        ms = (time.perf_counter() - t_send) * 1000
+        headers = [("Content-Type", "application/json")]
+        response = Response(200, headers, body, ttfb_ms=ms, total_ms=ms)
+        ex = Exchange(req, response, upstream="(all upstreams)", recorded_at=time.time())
+        file = self._record(ex) if record else None
+        self._publish(ctx, ProxyEvent("record" if file else "forward", req, response, file=file,
+                                      ms=_ms(ctx)))
+        resp = web.Response(status=200, body=body)
+        _set_headers(resp, headers + [("x-rechat", "forward")])
+        return resp
 
     async def _relay(self, wreq: web.Request, req: Request, uresp: aiohttp.ClientResponse,
-                     record: bool, ctx: "_Ctx", t_send: float, miss: dict) -> web.StreamResponse:
+                     record: bool, ctx: "_Ctx", t_send: float, miss: dict, upstream: str,
+                     transforms: list, out: Outbound, outcome: dict) -> web.StreamResponse:
         ttfb = (time.perf_counter() - t_send) * 1000
         # raw_headers keep the upstream's own spelling of names (aiohttp's parsed ones do not).
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in uresp.raw_headers]
         ctype = uresp.headers.get("Content-Type", "")
         is_sse = ctype.startswith("text/event-stream")
-        out = [(k, v) for k, v in headers if k.lower() not in _NOT_TO_CLIENT]
-        out.append(("x-rechat", "forward"))
+        to_client = [(k, v) for k, v in headers if k.lower() not in _NOT_TO_CLIENT]
+        to_client.append(("x-rechat", "forward"))
+        rewriter = stream_rewriter(ctype, transforms) if transforms else None
         complete = True
         client_gone = False
         if not is_sse and uresp.content_length is not None and uresp.content_length < 1 << 20:
@@ -227,13 +279,15 @@ class Proxy:
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 return self._error(req, ctx, 502, f"The upstream's response broke off: {e}",
                                    UpstreamError.code, "server_error")
-            resp = web.Response(status=uresp.status, reason=uresp.reason, body=body)
-            _set_headers(resp, out)
+            resp = web.Response(status=uresp.status, reason=uresp.reason,
+                                body=rewrite_json(body, transforms) if transforms else body)
+            _set_headers(resp, to_client)
             events = event_ms = None
         else:
             resp = web.StreamResponse(status=uresp.status, reason=uresp.reason)
-            _set_headers(resp, out)
-            if "Content-Encoding" not in uresp.headers and uresp.content_length is not None:
+            _set_headers(resp, to_client)
+            if ("Content-Encoding" not in uresp.headers and uresp.content_length is not None
+                    and rewriter is None):
                 resp.content_length = uresp.content_length
             await resp.prepare(wreq)
             parts: list[bytes] = []
@@ -249,9 +303,14 @@ class Proxy:
                             event_ms.append(t)
                     if not client_gone:
                         try:
-                            await resp.write(piece)
+                            await resp.write(rewriter.feed(piece) if rewriter else piece)
                         except ConnectionError:
                             client_gone = True
+                if rewriter is not None and not client_gone:
+                    try:
+                        await resp.write(rewriter.close())
+                    except ConnectionError:
+                        client_gone = True
                 if parser is not None:
                     for ev in parser.close():
                         events.append(ev.data)
@@ -271,7 +330,10 @@ class Proxy:
                     wreq.transport.close()
         total = (time.perf_counter() - t_send) * 1000
         response = Response(uresp.status, headers, body, events, event_ms, ttfb, total)
-        ex = Exchange(req, response, upstream=str(self.config.upstream.base), recorded_at=time.time())
+        outcome["complete"] = complete
+        ex = Exchange(req, response, upstream=upstream, recorded_at=time.time())
+        if out.served and out.served != out.asked:
+            ex.served_model = out.served
         kind, file = "forward", None
         if record and complete and 200 <= uresp.status < 300:
             file = self._record(ex)
@@ -283,12 +345,28 @@ class Proxy:
     def _record(self, ex: Exchange) -> str | None:
         try:
             chat = answers.chat_answer(ex) if ex.request.is_chat else None
-            if chat is not None:
-                return self.store.record(ex, *chat)
-            return self.store.record(ex, None, answers.generic_meta(ex))
+            message, meta = chat if chat is not None else (None, answers.generic_meta(ex))
+            if ex.served_model:
+                meta["served_model"] = ex.served_model  # the session records both names
+            return self.store.record(ex, message, meta)
         except Exception:  # recording must never cost the client its answer
             log.exception("could not record %s %s", ex.request.method, ex.request.path)
             return None
+
+
+def _transform_reply(reply: answers.Reply, transforms: list) -> answers.Reply:
+    """Apply the answer transforms (reasoning rewrite, model name) to a replayed reply."""
+    if not transforms:
+        return reply
+    if reply.events is not None:
+        rw = SSEStreamRewriter(transforms)
+        events = [rw.feed(e) for e in reply.events]
+        events[-1] += rw.close()
+        return answers.Reply(reply.status, reply.headers, reply.body, events, reply.event_ms)
+    ctype = next((v for k, v in reply.headers if k.lower() == "content-type"), "")
+    rw = stream_rewriter(ctype, transforms)
+    body = rw.feed(reply.body) + rw.close() if rw else rewrite_json(reply.body, transforms)
+    return answers.Reply(reply.status, reply.headers, body, None, None)
 
 
 def _miss_info(req: Request, near) -> dict:

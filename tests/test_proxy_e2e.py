@@ -286,4 +286,4 @@ def test_cli_rejects_a_bad_upstream(tmp_path):
     import sys
     p = subprocess.run([sys.executable, "-m", "rechat", "serve", "ftp://x", "--port", str(free_port())],
                        cwd=tmp_path, capture_output=True, text=True, timeout=30)
-    assert p.returncode == 2 and "http(s) URL" in p.stdout + p.stderr
+    assert p.returncode == 2 and "must start with http:// or https://" in p.stdout + p.stderr

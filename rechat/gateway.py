@@ -1,0 +1,182 @@
+"""The gateway: the upstreams of one rechat process, and what changes on the way to them.
+
+Owns, for the proxy, everything between "this request must be forwarded" and the bytes sent:
+the routes and their `Upstream`s on one shared aiohttp client session, the balancer (which
+upstream, failover cool-downs), the model map (what model name goes upstream), `--no-think`,
+and the transforms applied to answers on their way to the client (the reasoning rewrite and
+the model name the client asked for). Sessions keep the upstream's raw answer: transforms run
+on the way out, on forwarded and replayed answers alike, so changing them needs no
+re-recording (issue 5). Must not import the proxy, the store or the web layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from rechat.exchange import Request
+from rechat.modelmap import ModelMap, ModelRestore
+from rechat.routes import Balancer, Route, auth_headers, check_keys, merge_models
+from rechat.think import ThinkMode, ThinkPatterns, ThinkTransform, no_think
+from rechat.upstream import Upstream
+
+
+@dataclass
+class GatewaySettings:
+    """What the gateway does. Defaults are a plain transparent proxy to `routes`.
+
+    `routes` may be empty (replay mode: nothing to forward to). `timeout_s` is the default
+    upstream timeout (seconds) for routes without their own. `default_port` is the main
+    `--port`.
+    """
+
+    routes: tuple[Route, ...] = ()
+    balance: str = "round-robin"
+    cooldown_s: float = 30.0
+    model_map: ModelMap = field(default_factory=ModelMap)
+    restore_model: bool = True
+    think: ThinkMode = ThinkMode.KEEP
+    think_patterns: ThinkPatterns = field(default_factory=ThinkPatterns)
+    no_think: bool = False
+    timeout_s: float = 600.0
+    default_port: int = 8910
+
+
+@dataclass(slots=True)
+class Outbound:
+    """A request as it goes upstream: its body bytes, and the model asked for and served."""
+
+    body: bytes
+    asked: str | None
+    served: str | None
+
+
+class Gateway:
+    """Routes, balancing, model names and answer transforms for one rechat process.
+
+    Call `start()` before use and `close()` after. Raises ConfigError (at construction) for
+    duplicate route names or a missing API key variable.
+    """
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = s = settings
+        check_keys(s.routes)
+        self.balancer = Balancer(s.routes, balance=s.balance, cooldown_s=s.cooldown_s,
+                                 default_port=s.default_port)
+        self.upstreams = {r.name: Upstream(r.url, r.timeout_s or s.timeout_s) for r in s.routes}
+        self.session: aiohttp.ClientSession | None = None
+
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        return self.settings.routes
+
+    @property
+    def is_gateway(self) -> bool:
+        """True when rechat does more than forward to one upstream (several routes or names)."""
+        s = self.settings
+        return len(s.routes) > 1 or any(r.models for r in s.routes) or bool(
+            s.model_map.exact or s.model_map.patterns or s.model_map.override)
+
+    def ports(self) -> list[int]:
+        """Return the local ports routes name explicitly (besides the main `--port`)."""
+        return sorted({r.local_port for r in self.routes if r.local_port is not None})
+
+    def port_for(self, local_port: int | None) -> int | None:
+        """Return the routing port of a request that arrived on `local_port` (None: the main one)."""
+        return local_port if local_port in self.ports() else None
+
+    async def start(self) -> None:
+        """Open the one client session every upstream shares."""
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar())
+        for up in self.upstreams.values():
+            up.session = self.session
+
+    async def close(self) -> None:
+        """Close the client session."""
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def outbound(self, req: Request) -> Outbound:
+        """Return what to send upstream for `req`: the model map and `--no-think` applied.
+
+        The request as the client sent it stays the key of its recording, so changing these
+        options causes no misses.
+        """
+        body = req.json
+        if not isinstance(body, dict):
+            return Outbound(req.body, None, None)
+        new, asked, served = self.settings.model_map.rewrite_request(body)
+        if self.settings.no_think:
+            new = no_think(new)
+        if new is body:
+            return Outbound(req.body, asked, served)
+        return Outbound(json.dumps(new, ensure_ascii=False).encode(), asked, served)
+
+    def candidates(self, model: str | None, port: int | None) -> list[tuple[Route, Upstream]]:
+        """Return the (route, upstream) pairs to try for a request, best first."""
+        return [(r, self.upstreams[r.name]) for r in self.balancer.candidates(model, port)]
+
+    def headers(self, route: Route, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Return the headers to send to `route` (its own API key, or the client's)."""
+        return auth_headers(route, headers)
+
+    # -- answers -----------------------------------------------------------------------------
+
+    def transforms(self, asked: str | None, served: str | None) -> list:
+        """Return the object transforms for an answer to a request for `asked` served by `served`.
+
+        Empty in the default configuration, so answers pass byte for byte.
+        """
+        out: list = []
+        s = self.settings
+        if s.think is not ThinkMode.KEEP:
+            out.append(ThinkTransform(s.think, s.think_patterns))
+        if s.restore_model and asked and served and asked != served:
+            out.append(ModelRestore(asked))
+        return out
+
+    async def models(self, headers: list[tuple[str, str]], path: str) -> dict[str, Any]:
+        """Return the union of every upstream's model list plus configured names and aliases.
+
+        `path` is the listing's path (``/v1/models`` or Ollama's ``/api/tags``). Upstreams that
+        fail or time out are left out.
+        """
+        async def one(route: Route, up: Upstream) -> Any:
+            try:
+                async with up.request("GET", path, "", self.headers(route, headers), b"") as r:
+                    if r.status == 200:
+                        return await r.json(content_type=None)
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                return None
+            return None
+
+        bodies = await asyncio.gather(*(one(r, self.upstreams[r.name]) for r in self.routes))
+        extra = self.balancer.models() + self.settings.model_map.aliases()
+        if path.startswith("/api/"):
+            return _merge_tags(bodies, extra)
+        return merge_models(bodies, extra)
+
+
+def _merge_tags(bodies: list[Any], extra: list[str]) -> dict[str, Any]:
+    # Ollama's /api/tags: {"models": [{"name", "model", ...}]}.
+    out, seen = [], set()
+    for b in bodies:
+        for m in (b.get("models") if isinstance(b, dict) else None) or []:
+            if isinstance(m, dict) and m.get("name") not in seen:
+                seen.add(m.get("name"))
+                out.append(m)
+    for name in extra:
+        if name not in seen:
+            seen.add(name)
+            out.append({"name": name, "model": name, "modified_at": "1970-01-01T00:00:00Z",
+                        "size": 0, "digest": "", "details": {}})
+    return {"models": out}
