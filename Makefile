@@ -18,13 +18,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/rechat replay sessions/
 
-## test: unit, end-to-end and property tests
+## test: unit, end-to-end, property and browser tests (installs Debian's chromium when missing)
 test: $(STAMP)
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium >/dev/null) || echo "warning: could not install chromium"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## conformance: openai-python 3.3.1's own suite through `rechat record`, then `rechat replay`
 conformance: $(STAMP)
-	$(BIN)/python tests/conformance/run.py
+	$(BIN)/python tests/conformance/run.py --replay
 
 ## bench: side-by-side throughput and latency figures (see docs/performance.md)
 bench: $(STAMP)

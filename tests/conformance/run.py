@@ -287,7 +287,8 @@ def rechat_command() -> Path:
 
 def start_rechat(mode_args: list[str], pass_name: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [str(rechat_command()), *mode_args, "--port", str(port), "--quiet"]
+    cmd = [str(rechat_command()), *mode_args, "--port", str(port), "--quiet",
+           "--dump-dir", str(CACHE)]
     base = f"http://127.0.0.1:{port}"
     log(f"starting: {' '.join(cmd)}")
     proc = start_server(cmd, f"{base}/healthz", CACHE / f"rechat-{pass_name}.log")
