@@ -149,6 +149,46 @@ class FakeUpstream:
         await self._record(req)
         return web.Response(body=bytes(range(256)) * 40, content_type="audio/mpeg")
 
+    # Ollama's own API (/api/...), at the server root whatever the prefix ------------------
+
+    async def ollama_chat(self, req: web.Request) -> web.StreamResponse:
+        b = json.loads(await self._record(req))
+        text = f"Echo: {b['messages'][-1]['content']}"
+        base = {"model": b["model"], "created_at": "2026-11-21T00:00:00Z"}
+        if b.get("stream", True) is False:
+            return web.json_response({**base, "message": {"role": "assistant", "content": text},
+                                      "done": True, "done_reason": "stop", "eval_count": 3})
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(req)
+        for i, w in enumerate(text.split(" ")):
+            await resp.write((json.dumps({**base, "message": {
+                "role": "assistant", "content": w if i == 0 else " " + w}, "done": False}) + "\n").encode())
+        await resp.write((json.dumps({**base, "message": {"role": "assistant", "content": ""},
+                                      "done": True, "done_reason": "stop"}) + "\n").encode())
+        return resp
+
+    async def ollama_generate(self, req: web.Request) -> web.StreamResponse:
+        b = json.loads(await self._record(req))
+        text = f"Echo: {b['prompt']}"
+        base = {"model": b["model"], "created_at": "2026-11-21T00:00:00Z"}
+        if b.get("stream", True) is False:
+            return web.json_response({**base, "response": text, "done": True})
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(req)
+        for w in text.split(" "):
+            await resp.write((json.dumps({**base, "response": w + " ", "done": False}) + "\n").encode())
+        await resp.write((json.dumps({**base, "response": "", "done": True}) + "\n").encode())
+        return resp
+
+    async def ollama_tags(self, req: web.Request) -> web.Response:
+        await self._record(req)
+        return web.json_response({"models": [{"name": "llama3:8b", "model": "llama3:8b",
+                                              "size": 1, "digest": "x", "details": {}}]})
+
+    async def ollama_version(self, req: web.Request) -> web.Response:
+        await self._record(req)
+        return web.json_response({"version": "0.5.0"})
+
     # lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> "FakeUpstream":
@@ -163,6 +203,10 @@ class FakeUpstream:
             app.router.add_post(p + "/embeddings", self.embeddings)
             app.router.add_get(p + "/models", self.models)
             app.router.add_post(p + "/audio/speech", self.speech)
+            app.router.add_post("/api/chat", self.ollama_chat)
+            app.router.add_post("/api/generate", self.ollama_generate)
+            app.router.add_get("/api/tags", self.ollama_tags)
+            app.router.add_get("/api/version", self.ollama_version)
             self._runner = web.AppRunner(app, access_log=None)
             loop.run_until_complete(self._runner.setup())
             loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
