@@ -199,3 +199,16 @@ def test_ollama_chat_and_generate_record_and_replay(ups, start_rechat, tmp_path)
     assert "".join(x["message"]["content"] for x in lines) == "Echo: " + THINK  # raw, think kept
     gen = _ndjson(rp.base + "/api/generate", {"model": "llama3:8b", "prompt": "tell me"})
     assert "".join(x["response"] for x in gen).strip() == "Echo: tell me"
+
+
+def test_the_config_file_example_in_the_docs_loads(tmp_path):
+    import re
+    from pathlib import Path
+
+    from rechat.routes import load_config
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "gateway.md").read_text()
+    (tmp_path / "gw.toml").write_text(re.search(r"```toml\n(.*?)```", doc, re.S).group(1))
+    g = load_config(tmp_path / "gw.toml")
+    assert [r.models for r in g.routes] == [("gpt-5", "gpt-5-mini"), ("gpt-5",), ("llama3",)]
+    assert g.routes[2].local_port == 8911 and g.balance == "least-busy"
+    assert g.model_map.resolve("gpt-4-turbo") == "llama3-70b-turbo"
