@@ -19,13 +19,15 @@ written by a newer rechat (a higher version than this one knows) is refused with
 A replay's response is not kept: the session file holds it, and the web API rebuilds it from
 the session (so it shows the answer as the file holds it now).
 
-Writing. `put(event)` only appends to a queue (well under a microsecond on the event loop).
-A writer thread waits `flush_s` after the first event of a batch, turns the events into rows
-(`row_from_event`), inserts them in one transaction, and hands them to `on_rows` (the web
-UI's live stream). The thread shares the GIL with the event loop, so the per-row work is kept
-small (tuples, per-answer facts computed once, bodies deduplicated): see bench/bench_log.py.
-If the disk falls behind by more than `max_pending` events, new events are dropped and counted
-(`dropped`), so the proxy never waits for the log.
+Writing. `put(event)` turns a finished event into a row (a tuple; what depends only on the
+replayed answer or on the request body is computed once per answer or body) and appends it
+to a queue: a few microseconds on the event loop, and the event is freed at once. A writer
+thread waits `flush_s` after the first row of a batch, then inserts the batch in one
+transaction with multi-row INSERT statements (sqlite3 hands the GIL over around every
+statement: one statement per row would be one forced switch of the event loop per row), and
+hands the rows to `on_rows` (the web UI's live stream). Bodies are deduplicated by hash. If
+the disk falls behind by more than `max_pending` rows, new rows are dropped and counted
+(`dropped`), so the proxy never waits for the log. bench/bench_log.py measures the cost.
 
 Retention. Rows older than `max_age_days` are deleted when the log opens and then hourly,
 with the bodies no row refers to any more; when anything was deleted the database is
@@ -87,7 +89,7 @@ def migration(fn: Callable[[sqlite3.Connection], None]):
 def m001_requests(db: sqlite3.Connection) -> None:
     db.execute("""
         CREATE TABLE requests (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            id INTEGER PRIMARY KEY,      -- grows; retention deletes the oldest rows only
             run TEXT NOT NULL,           -- the rechat process (start time and pid)
             req INTEGER NOT NULL,        -- the request's id inside that process
             at REAL NOT NULL,            -- arrival, epoch s
@@ -99,8 +101,8 @@ def m001_requests(db: sqlite3.Connection) -> None:
             model TEXT,                  -- the model the request asked for
             served_model TEXT,           -- the model the response names
             stream INTEGER NOT NULL DEFAULT 0,
-            match TEXT NOT NULL DEFAULT 'none',  -- exact | nearest | none
-            score REAL,                  -- 1 for an exact match; similarity of the nearest
+            match TEXT NOT NULL DEFAULT 'none',  -- exact | fuzzy | nearest | none
+            score REAL,                  -- 1 when exact; else similarity of the nearest recording
             play INTEGER,                -- replay: which of the recorded answers (1-based)
             plays INTEGER,               -- replay: how many answers the request has
             ms REAL,                     -- arrival to the end of the reply
@@ -133,9 +135,9 @@ def m001_requests(db: sqlite3.Connection) -> None:
 
 @migration
 def m002_indexes(db: sqlite3.Connection) -> None:
+    # Two indexes only: each one costs every insert. Filters on kind or model walk the
+    # newest rows first and stop at a page; time ranges and sessions are the selective ones.
     db.execute("CREATE INDEX requests_at ON requests(at)")
-    db.execute("CREATE INDEX requests_kind ON requests(kind, id)")
-    db.execute("CREATE INDEX requests_model ON requests(model, id)")
     db.execute("CREATE INDEX requests_session ON requests(session, id)")
 
 
@@ -148,6 +150,27 @@ LIST_COLUMNS = ("id",) + tuple(c for c in COLUMNS if c not in (
     "req_headers", "resp_headers", "req_body", "resp_body"))
 _INSERT = (f"INSERT INTO requests ({', '.join(COLUMNS)}) "
            f"VALUES ({', '.join('?' * len(COLUMNS))})")
+_INSERT_ROWS = (f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ", len(COLUMNS))
+_INSERT_BODIES = ("INSERT OR IGNORE INTO bodies (hash, size, data) VALUES ", 3)
+_CHUNKS = (256, 32, 4, 1)  # rows per statement; few distinct statements, all cached
+
+
+def _insert_many(db: sqlite3.Connection, insert: tuple[str, int], rows: list[tuple]) -> None:
+    """Insert `rows` with multi-row INSERT statements.
+
+    sqlite3 releases the GIL around every statement step and takes it back after: with
+    `executemany` that is one hand-over per row, and each costs the event loop thread a
+    forced switch. A statement of 256 rows is one hand-over for all of them.
+    """
+    head, width = insert
+    i, n = 0, len(rows)
+    for size in _CHUNKS:
+        if n - i < size:
+            continue
+        sql = head + ", ".join(["(" + ", ".join("?" * width) + ")"] * size)
+        while n - i >= size:
+            db.execute(sql, [v for row in rows[i:i + size] for v in row])
+            i += size
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:
@@ -194,10 +217,10 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
 # ---------------------------------------------------------------------------------------------
 # Events into rows
 #
-# This runs once per request on the writer thread, and the thread shares the GIL with the event
-# loop: every microsecond here is one the proxy does not get. So a row is a tuple, what only
-# depends on the replayed answer is computed once per answer (`_AnswerFacts`), and a replay's
-# response is not stored (the session holds it; the web API rebuilds it).
+# This runs once per request, on the event loop: every microsecond here is one the proxy does
+# not get. So a row is a tuple, what only depends on the replayed answer is computed once per
+# answer (`_AnswerFacts`) and what only depends on the request body once per body, and a
+# replay's response is not stored (the session holds it; the web API rebuilds it).
 
 _NEAREST = re.compile(r"answered at (?P<file>.+):(?P<line>\d+) \(similarity (?P<score>[0-9.]+)\)")
 _COL = {c: i for i, c in enumerate(COLUMNS)}
@@ -342,22 +365,10 @@ def row_from_event(ev: Any, run: str, extra: dict | None = None,
     raises for odd content.
     """
     req = ev.request
-    body = req.json
     resp = ev.response
     kind = ev.kind
-    model = prompt = None
-    stream = 0
-    if type(body) is dict:
-        m = body.get("model")
-        model = m if isinstance(m, str) else None
-        stream = 1 if body.get("stream") is True else 0
-        msgs = body.get("messages")
-        if isinstance(msgs, list) and msgs:
-            prompt = _preview(msgs[-1])
-        elif isinstance(body.get("input"), str):
-            prompt = _preview({"content": body["input"]})
-        elif isinstance(body.get("prompt"), str):
-            prompt = _preview({"content": body["prompt"]})
+    req_hash = _hash(req.body) if req.body else None
+    model, stream, prompt = _request_facts(req, req_hash)
     ms = round(ev.ms, 3)
     status = resp.status if resp is not None else (404 if kind == "miss" else None)
     req_headers = _request_headers(req.headers)
@@ -383,7 +394,12 @@ def row_from_event(ev: Any, run: str, extra: dict | None = None,
                 facts[id(answer)] = f
         served, tokens, saved, reply = f.served_model, f.tokens, f.saved_ms, f.reply
         resp_bytes = len(resp_body) if resp_body else f.sse_bytes
-        match, score, ttfb = "exact", 1.0, ms
+        similarity = getattr(ev, "similarity", None)
+        if similarity is not None:  # a fuzzy replay: the nearest answer, served on a miss
+            match, score = "fuzzy", round(similarity, 4)
+        else:
+            match, score = "exact", 1.0
+        ttfb = ms
         session, exchange, line = answer.session, answer.index, answer.line
         if ev.position:
             play, plays = ev.position[0] + 1, ev.position[1]
@@ -418,10 +434,11 @@ def row_from_event(ev: Any, run: str, extra: dict | None = None,
             m = _NEAREST.search(ev.detail)
             if m:
                 match, score, session, line = "nearest", float(m["score"]), m["file"], int(m["line"])
+    if kind != "replay" and getattr(ev, "similarity", None) is not None:
+        match, score = "nearest", round(ev.similarity, 4)  # a miss (forwarded or not), compared
     blobs = []
-    req_hash = resp_hash = None
-    if req.body:
-        req_hash = _hash(req.body)
+    resp_hash = None
+    if req_hash is not None:
         blobs.append((req_hash, req.body))
     if keep_response and resp_body:
         resp_hash = _hash(resp_body)
@@ -436,6 +453,37 @@ def row_from_event(ev: Any, run: str, extra: dict | None = None,
 
 def _hash(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
+
+
+_request_cache: dict[bytes, tuple] = {}
+
+
+def _request_facts(req: Any, body_hash: bytes | None) -> tuple[str | None, int, str | None]:
+    """(model asked, stream asked, prompt preview) of a request; the same body gives the
+    same facts, so they are computed once per distinct body."""
+    facts = _request_cache.get(body_hash) if body_hash is not None else None
+    if facts is not None:
+        return facts
+    body = req.json
+    model = prompt = None
+    stream = 0
+    if type(body) is dict:
+        m = body.get("model")
+        model = m if isinstance(m, str) else None
+        stream = 1 if body.get("stream") is True else 0
+        msgs = body.get("messages")
+        if isinstance(msgs, list) and msgs:
+            prompt = _preview(msgs[-1])
+        elif isinstance(body.get("input"), str):
+            prompt = _preview({"content": body["input"]})
+        elif isinstance(body.get("prompt"), str):
+            prompt = _preview({"content": body["prompt"]})
+    facts = (model, stream, prompt)
+    if body_hash is not None:
+        if len(_request_cache) > 4096:
+            _request_cache.clear()
+        _request_cache[body_hash] = facts
+    return facts
 
 
 _header_cache: dict[tuple, str] = {}
@@ -491,6 +539,7 @@ class RequestLog:
         self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         self.dropped = 0
         self.written = 0
+        self.writer_cpu_s = 0.0  # CPU time the writer thread spent writing
         self.pruned = 0
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -498,7 +547,7 @@ class RequestLog:
         self._closed = False
         self._queued = 0  # events put (event loop side)
         self._handled = 0  # events written or given up (writer side)
-        self._facts: dict = {}  # per-answer facts (see _AnswerFacts)
+        self._facts: dict = {}  # per-answer facts (see _AnswerFacts); event loop side
         self._known: dict[bytes, None] = {}  # body hashes already in `bodies`
         self.wants_rows: Callable[[], bool] = lambda: True
 
@@ -538,14 +587,26 @@ class RequestLog:
             self._db = None
 
     def put(self, event: Any, extra: dict | None = None) -> None:
-        """Queue a finished event for writing. Never blocks; drops it past `max_pending`."""
+        """Turn a finished event into a row and queue it for writing.
+
+        Called on the event loop; never blocks (a few microseconds), drops the row past
+        `max_pending`. The row is made here, not on the writer thread, so that the event (its
+        parsed JSON, its response) is freed at once: held in a queue for a batch, thousands
+        of them would outlive the young GC generation and make every collection dearer.
+        """
         if self._closed or self._thread is None:
             return
         if self._q.qsize() >= self.max_pending:
             self.dropped += 1
             return
+        try:
+            item = row_from_event(event, self.run, extra, self._facts)
+        except Exception:
+            log.exception("cannot log %s %s", getattr(event.request, "method", "?"),
+                          getattr(event.request, "path", "?"))
+            return
         self._queued += 1
-        self._q.put((event, extra))
+        self._q.put(item)
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Block until every event queued so far is written (tests and benchmarks)."""
@@ -586,7 +647,9 @@ class RequestLog:
                     item = self._q.get_nowait()
                 except queue.Empty:
                     break
+            t0 = time.thread_time()
             self._safe(lambda: self._write(items))
+            self.writer_cpu_s += time.thread_time() - t0
             self._handled += len(items)
 
     def _safe(self, fn: Callable[[], Any]) -> None:
@@ -599,15 +662,8 @@ class RequestLog:
         if not items or self._db is None:
             return
         rows, blobs = [], []
-        facts, known = self._facts, self._known
-        run = self.run
-        for ev, extra in items:
-            try:
-                row, bl = row_from_event(ev, run, extra, facts)
-            except Exception:
-                log.exception("cannot log %s %s", getattr(ev.request, "method", "?"),
-                              getattr(ev.request, "path", "?"))
-                continue
+        known = self._known
+        for row, bl in items:
             rows.append(row)
             for h, data in bl:
                 if h not in known:  # the same bodies come back again and again: keep one
@@ -621,11 +677,11 @@ class RequestLog:
         # One writer at a time (BEGIN IMMEDIATE), so the batch's ids are consecutive.
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(_INSERT, rows)
+            _insert_many(db, _INSERT_ROWS, rows)
             last = db.execute("SELECT last_insert_rowid()").fetchone()[0]
             first = last - len(rows) + 1
             if blobs:
-                db.executemany("INSERT OR IGNORE INTO bodies VALUES (?, ?, ?)", blobs)
+                _insert_many(db, _INSERT_BODIES, blobs)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -749,8 +805,9 @@ class RequestLog:
                 f"SELECT COALESCE(model, '') AS model, {agg} FROM requests{w} "
                 f"GROUP BY COALESCE(model, '') ORDER BY requests DESC LIMIT 50", args)]
             first = totals["first"]
-            lo = since if since is not None else first
             hi = until if until is not None else time.time()
+            lo = since if since is not None else (
+                None if first is None else min(first, hi - 3600))  # at least the last hour
             bucket = _bucket(hi - lo if lo is not None else 0)
             timeline: dict[int, dict] = {}
             if lo is not None:

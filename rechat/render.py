@@ -158,6 +158,14 @@ def body_html(data: bytes | None, content_type: str = "") -> str:
     return highlight(text, "text")
 
 
+def _lazy_body(get, content_type: str) -> str:
+    # Bodies of readable forms are made on first use, and large uploads read from blob files.
+    try:
+        return body_html(get(), content_type)
+    except Exception as e:  # a missing blob file must not hide the rest of the session
+        return f'<p class="muted">(body not available: {esc(e)})</p>'
+
+
 def _attrs_line(attrs: dict) -> str:
     return "".join(f' <span class="attr">{esc(k)}={esc(v if isinstance(v, str) else json.dumps(v))}</span>'
                    for k, v in attrs.items())
@@ -346,9 +354,9 @@ def session_html(s: Session, highlight_answer: int | None = None) -> str:
             out.append(f'<section class="msg exchange{focus}" id="m{i}" data-answer="{i}">'
                        f'<h3 class="role">request<a class="line" href="#m{i}">L{ex.line}</a>'
                        f'<span class="answer-no">exchange {i + 1}</span></h3>'
-                       f"{body_html(ex.request_body, 'application/json')}"
-                       f'<h3 class="role">response <span class="attr">{ex.status}</span></h3>'
-                       f"{body_html(ex.body, ctype)}{_meta_line(ex.meta)}</section>")
+                       f"{_lazy_body(lambda: ex.request_body, 'application/json')}"
+                       f'<h3 class="role">response <span class="attr">{esc(ex.status)}</span></h3>'
+                       f"{_lazy_body(lambda: ex.body, ctype)}{_meta_line(ex.meta)}</section>")
         out.append("</article>")
         return "\n".join(out)
     out.append(params_html(s.params))

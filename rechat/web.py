@@ -43,9 +43,9 @@ from aiohttp import web
 
 from rechat import __version__, answers, render
 from rechat.exchange import Answer, Exchange, Request, Response
-from rechat.fingerprint import redact_headers, request_params
+from rechat.fingerprint import request_params
 from rechat.logdb import KINDS, LogError, RequestLog
-from rechat.matching import diff, nearest, request_text
+from rechat.matching import NearIndex, diff, nearest, request_text
 from rechat.sse import SSEParser
 
 log = logging.getLogger("rechat")
@@ -261,9 +261,11 @@ class WebUI:
 
     async def info(self, req: web.Request) -> web.Response:
         c = self.config
-        up = self.proxy.config.upstream
+        ups = c.upstream if isinstance(c.upstream, (list, tuple)) else [c.upstream] if c.upstream else []
+        ups = [str(u) for u in ups] if c.mode.value != "replay" else []
         return _json({
-            "version": __version__, "mode": c.mode.value, "upstream": up.base if up else None,
+            "version": __version__, "mode": c.mode.value,
+            "upstream": ups[0] if ups else None, "upstreams": ups,
             "sessions": list(self.store.dirs), "session_files": len(self.store.files),
             "answers": self.store.answer_count, "broken_sessions": len(self.store.errors),
             "log": {"path": self.log.path if self.log else self.log_path(),
@@ -271,6 +273,7 @@ class WebUI:
                     "max_age_days": c.log_max_age_days,
                     "run": self.log.run if self.log else None,
                     "written": self.log.written if self.log else 0,
+                    "writer_cpu_s": round(self.log.writer_cpu_s, 4) if self.log else 0.0,
                     "dropped": self.log.dropped if self.log else 0},
             "host": c.host, "token": bool(self.token), "now": time.time(),
         })
@@ -311,11 +314,9 @@ class WebUI:
         if row is None:
             return _error(404, f"no request {id} in the log")
         out = self._detail(row)
-        if out.get("_nearest_args"):
-            params, messages, recorded = out.pop("_nearest_args")
-            out["nearest"] = await asyncio.to_thread(self._nearest, params, messages, recorded)
-        else:
-            out.pop("_nearest_args", None)
+        args = out.pop("_nearest_args", None)
+        if args is not None:
+            out["nearest"] = await asyncio.to_thread(self._nearest, *args)
         return _json(out)
 
     async def stats(self, req: web.Request) -> web.Response:
@@ -344,7 +345,7 @@ class WebUI:
                                            "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         _secure(resp)
         await resp.prepare(req)
-        q: asyncio.Queue = asyncio.Queue(maxsize=2000)
+        q: asyncio.Queue = asyncio.Queue(maxsize=20000)
         now = time.time()
         hello = {"now": now, "run": self.log.run if self.log else None,
                  "inflight": [self._inflight_item(ev, now) for ev in list(self.proxy.inflight.values())]}
@@ -359,7 +360,15 @@ class WebUI:
                     continue
                 if frame is None:
                     break
-                await resp.write(frame)
+                frames = [frame]
+                while not q.empty():  # whatever else is waiting goes out in the same write
+                    frame = q.get_nowait()
+                    if frame is None:
+                        break
+                    frames.append(frame)
+                await resp.write(b"".join(frames))
+                if frame is None:
+                    break
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -421,11 +430,7 @@ class WebUI:
             out["conversation_html"] = render.conversation_html(
                 request_params(body_json), body_json["messages"], answer_msg, answer_meta)
             if row["kind"] != "replay":
-                exclude = (row.get("session"), row.get("line")) if row["kind"] == "record" else None
-                recorded = [r for r in self.store.requests(row["path"])
-                            if exclude is None or (r[0], r[3]) != exclude]
-                if recorded:
-                    out["_nearest_args"] = (request_params(body_json), body_json["messages"], recorded)
+                out["_nearest_args"] = self._nearest_args(row, body_json, reqb or b"")
         if row.get("session"):
             exchange = row.get("exchange")
             if exchange is None and row.get("line"):
@@ -435,15 +440,37 @@ class WebUI:
                               "exists": row["session"] in self.store.files}
         return out
 
-    def _nearest(self, params: dict, messages: list, recorded: list) -> dict | None:
-        near = nearest(params, messages, recorded)
+    def _nearest_args(self, row: dict, body: dict, raw: bytes) -> tuple | None:
+        """On the loop: the nearest recording to a logged chat request, or what finding it
+        in a thread needs (a recording is never its own nearest)."""
+        req = Request(row["method"], row["path"], "", [], raw)
+        near = self.store.nearest(req)
+        own = (row.get("session"), row.get("line")) if row["kind"] == "record" else None
+        if near is None or own is None or (near.file, near.line) != own:
+            return ("found", near, body)
+        if self.store.answer_count > 20000:
+            return None  # too many to scan for the second best; the log row says enough
+        others = [r for r in self.store.requests(row["path"]) if (r[0], r[3]) != own]
+        return ("scan", others, body)
+
+    def _nearest(self, how: str, data: Any, body: dict) -> dict | None:
+        params, messages = request_params(body), body["messages"]
+        if how == "scan":
+            index = NearIndex()
+            for f, p, ms, line in data:
+                index.add(ms, (f, p, ms, line))
+            near = nearest(params, messages, index.candidates(messages))
+        else:
+            near = data
         if near is None:
             return None
-        near_params = next((p for f, p, _, ln in recorded if f == near.file and ln == near.line), {})
+        entry = self.store.files.get(near.file)
+        near_params = entry.session.params if entry is not None else {}
         seen = {k: v for k, v in params.items() if k in near_params}
         name = self._name_of(near.file)
         lines = diff(near.text, request_text(seen, messages), f"{name}:{near.line}", "this request")
         return {"session": near.file, "name": name, "line": near.line,
+                "exchange": self._answer_index(near.file, near.line),
                 "similarity": round(near.similarity, 4), "diff": lines,
                 "diff_html": render.diff_html(lines)}
 
@@ -471,8 +498,12 @@ class WebUI:
         if s.kind == "generic":
             if 0 <= index < len(s.exchanges):
                 ex = s.exchanges[index]
+                try:
+                    body = ex.body
+                except Exception:  # a readable form that cannot be rebuilt, a missing blob
+                    return None
                 return Answer(file, index, ex.line, "generic", meta=ex.meta, status=ex.status,
-                              body=ex.body, headers=[tuple(h) for h in ex.meta.get("headers", [])])
+                              body=body, headers=[tuple(h) for h in ex.meta.get("headers", [])])
             return None
         n = 0
         for i, m in enumerate(s.messages):
@@ -592,8 +623,9 @@ class WebUI:
         out.update(kind=s.kind, endpoint=s.endpoint, params=s.params, messages=s.messages,
                    lines=s.lines, responses={str(k): v for k, v in s.responses.items()},
                    exchanges=[{"line": ex.line, "status": ex.status, "meta": ex.meta,
-                               "request": _body_view(ex.request_body, "application/json").get("text"),
-                               "response": _body_view(ex.body, "").get("text")}
+                               "form": getattr(ex, "form", None),
+                               "request": _text_of(lambda: ex.request_body),
+                               "response": _text_of(lambda: ex.body)}
                               for ex in s.exchanges],
                    text=text, **rendered, **{k: v for k, v in self._summary(path).items()
                                              if k in ("answers", "model", "title", "at")})
@@ -655,6 +687,14 @@ def _kinds_of(s: dict) -> list[str]:
     if s.get("error") and "broken" not in out:
         out.append("broken")
     return out
+
+
+def _text_of(get: Callable[[], bytes]) -> str | None:
+    """A body as text for JSON (None when binary or not available, e.g. a missing blob)."""
+    try:
+        return get().decode("utf-8")
+    except Exception:
+        return None
 
 
 def _body_view(data: bytes | None, ctype: str) -> dict:

@@ -106,6 +106,11 @@
 
   function badge(kind) { return h("span", { class: "badge " + kind, text: kind }); }
 
+  function shortName(name) {
+    // Recorded files start with their date and time; the table shows the rest.
+    return name.replace(/\.md$/, "").replace(/(^|\/)\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_/, "$1");
+  }
+
   function sessionHref(name, answer) {
     return "#/s/" + encodeURIComponent(name) + (answer != null ? "?answer=" + answer : "");
   }
@@ -146,11 +151,15 @@
     const es = new EventSource(API + "/events");
     es.addEventListener("open", () => { conn.className = "conn on"; conn.title = "live updates: connected"; });
     es.addEventListener("error", () => { conn.className = "conn off"; conn.title = "live updates: reconnecting"; });
+    let connected = false;
     es.addEventListener("hello", (e) => {
       const d = JSON.parse(e.data);
       state.clockOffset = d.now * 1000 - Date.now();
       state.inflight = new Map(d.inflight.map((i) => [i.id, i]));
       emit("inflight");
+      // A stream that was cut (a client too far behind is dropped) missed rows: catch up.
+      if (connected) { emit("reconnected"); refreshSummary(); }
+      connected = true;
     });
     es.addEventListener("start", (e) => {
       const d = JSON.parse(e.data);
@@ -287,7 +296,8 @@
       const status = r.status == null ? "–" : String(r.status);
       const tokens = r.total_tokens != null ? fmt.tokens(r.total_tokens) : "–";
       const session = r.session_name
-        ? h("a", { href: sessionHref(r.session_name, r.exchange), text: r.session_name.replace(/\.md$/, "") + (r.line ? ":" + r.line : ""), onclick: (e) => e.stopPropagation() })
+        ? h("a", { class: "session-link", href: sessionHref(r.session_name, r.exchange), title: r.session_name + (r.line ? ":" + r.line : ""),
+            text: shortName(r.session_name) + (r.line ? ":" + r.line : ""), onclick: (e) => e.stopPropagation() })
         : "";
       const outcome = r.reply || (r.kind === "miss" ? (r.match === "nearest" ? `no match (nearest ${Math.round(r.score * 100)}% similar)` : "no match") : r.detail || "");
       const preview = h("td", { class: "preview", title: [r.prompt, outcome].filter(Boolean).join("\n→ ") },
@@ -370,18 +380,43 @@
       }
     }, 100);
 
-    state.listeners.add((type, data) => {
-      if (type === "inflight") renderInflight();
-      if (type === "exchange" && matches(data)) {
-        const empty = tbody.querySelector("td.empty");
-        if (empty) empty.parentElement.remove();
-        if (tbody.querySelector(`tr[data-id="${data.id}"]`)) return;
-        tbody.prepend(rowFor(data, true));
-        sel.shift();
-        shown += 1;
-        total.textContent = shown + (next != null ? "+" : "") + " shown";
-        if (data.model && ![...model.options].some((o) => o.value === data.model)) model.append(h("option", { value: data.model, text: data.model }));
+    // Live events are applied once per animation frame: under heavy load hundreds arrive
+    // between two frames, and the page stays responsive.
+    let pending = [];
+    let inflightDirty = false;
+    let frame = 0;
+    const KEEP = 500; // rows kept in the table; older ones stay a "Load older" away
+    function flush() {
+      frame = 0;
+      if (inflightDirty) { inflightDirty = false; renderInflight(); }
+      if (!pending.length) return;
+      const rows = pending.filter((r) => !tbody.querySelector(`tr[data-id="${r.id}"]`));
+      pending = [];
+      if (!rows.length) return;
+      const empty = tbody.querySelector("td.empty");
+      if (empty) empty.parentElement.remove();
+      const frag = document.createDocumentFragment();
+      for (const r of rows.reverse()) frag.append(rowFor(r, true)); // newest first
+      tbody.prepend(frag);
+      for (let i = 0; i < rows.length; i++) sel.shift();
+      shown += rows.length;
+      const all = tbody.querySelectorAll("tr.row");
+      if (all.length > KEEP) {
+        for (const tr of [...all].slice(KEEP)) tr.remove();
+        shown = KEEP;
+        next = Number(all[KEEP - 1].dataset.id);
+        more.hidden = false;
       }
+      total.textContent = shown + (next != null ? "+" : "") + " shown";
+      for (const r of rows) {
+        if (r.model && ![...model.options].some((o) => o.value === r.model)) model.append(h("option", { value: r.model, text: r.model }));
+      }
+    }
+    function later() { if (!frame) frame = requestAnimationFrame(flush); }
+    state.listeners.add((type, data) => {
+      if (type === "inflight") { inflightDirty = true; later(); }
+      if (type === "exchange" && matches(data)) { pending.push(data); later(); }
+      if (type === "reconnected") load(false);
     });
 
     const reload = () => { setQuery(params()); load(false); };
@@ -393,7 +428,7 @@
 
     renderInflight();
     load(false);
-    return { cleanup: () => clearInterval(ticker), search, sel };
+    return { cleanup: () => { clearInterval(ticker); if (frame) cancelAnimationFrame(frame); }, search, sel };
   }
 
   // -- sessions ---------------------------------------------------------------------------
@@ -427,7 +462,7 @@
           since: filters.since ? new Date(filters.since + "T00:00").toISOString() : "", until: untilNext });
         if (my !== token) return;
         const models = Object.keys(data.models).sort();
-        model.replaceChildren(h("option", { value: "", text: "all models" }), models.map((m) => h("option", { value: m, text: `${m} (${data.models[m]})` })));
+        model.replaceChildren(h("option", { value: "", text: "all models" }), ...models.map((m) => h("option", { value: m, text: `${m} (${data.models[m]})` })));
         model.value = filters.model;
         tbody.replaceChildren();
         for (const s of data.items) {
@@ -550,7 +585,8 @@
       const match = r.match === "exact" ? "exact" + (r.plays > 1 ? ` (answer ${r.play} of ${r.plays})` : "")
         : r.match === "nearest" ? `none; nearest ${(r.score * 100).toFixed(0)}% similar` : "none";
       const sessionLink = d.session
-        ? h("a", { href: sessionHref(d.session.name, d.session.exchange), text: d.session.name + (d.session.line ? ":" + d.session.line : "") })
+        ? h("a", { href: sessionHref(d.session.name, d.session.exchange), title: d.session.name,
+            text: shortName(d.session.name) + (d.session.line ? ":" + d.session.line : "") })
         : "–";
       box.append(
         h("div", { class: "crumbs" }, h("a", { href: "#/", text: "Live" }), " / request #" + r.id),
@@ -565,12 +601,12 @@
           fact("first byte", fmt.ms(r.ttfb_ms)),
           fact("time saved", r.kind === "replay" ? fmt.ms(r.saved_ms || 0) : "–"),
           fact("tokens", r.total_tokens != null ? `${r.prompt_tokens ?? "?"} + ${r.completion_tokens ?? "?"} = ${r.total_tokens}` : "–"),
-          fact("request", fmt.bytes(r.req_bytes)),
-          fact("response", fmt.bytes(r.resp_bytes)),
+          fact("sent", fmt.bytes(r.req_bytes)),
+          fact("received", fmt.bytes(r.resp_bytes)),
           fact("session", sessionLink),
           fact("client", r.client || "–"),
           fact("streamed", r.stream ? "yes" : "no"),
-          fact("request id", `${r.run} #${r.req}`)),
+          fact("request", `#${r.req} of run ${r.run.split("-")[0]}`, `rechat process ${r.run}`)),
         r.detail ? h("div", { class: "banner" + (r.kind === "miss" || r.kind === "error" ? "" : " info"), text: r.detail }) : "");
       if (d.nearest) {
         box.append(h("h2", null, "Nearest recording: ",
@@ -733,7 +769,8 @@
     try {
       state.info = await api("/info");
       const i = state.info;
-      document.getElementById("mode").textContent = i.mode + (i.upstream ? " → " + i.upstream.replace(/^https?:\/\//, "") : " (offline)");
+      const ups = (i.upstreams || []).map((u) => u.replace(/^https?:\/\//, ""));
+      document.getElementById("mode").textContent = i.mode + (ups.length ? " → " + ups[0] + (ups.length > 1 ? ` +${ups.length - 1}` : "") : " (offline)");
       document.getElementById("mode").title = `sessions: ${i.sessions.join(", ")}\nlog: ${i.log.path}` + (i.log.enabled ? "" : " (off: " + i.log.error + ")");
     } catch (e) { /* shown by the views */ }
   })();

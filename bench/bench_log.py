@@ -1,0 +1,230 @@
+"""What the request log costs the proxy: replay requests/s with the log on and off, side by side.
+
+One run starts, each as its own process on 127.0.0.1 (free ports), all stopped at the end:
+
+    bare        the minimal aiohttp upstream of bench_proxy.py (used once, to record)
+    off         `rechat replay DIR --no-ui`: no web UI, no request log
+    on          `rechat replay DIR --log-db FILE`: the UI and the log (the default)
+    on+viewer   as `on`, with a browser-like client reading the live stream (/_rechat/api/events)
+    (and the same three for a streamed recording: off_sse, on_sse, on_sse+viewer)
+
+and loads them with bench_proxy.py's keep-alive client, in rounds that alternate the
+processes, so that off and on see the same machine. Each phase is a warm-up then at most
+`--requests` requests and `--seconds` seconds, with one connection and with 32. It prints
+req/s, p50/p99 and server CPU per request, then the ratios on/off (median of per-round
+ratios) against the target: the log costs at most 10% of replay requests/s (ratio >= 0.9).
+It also checks that the log holds one row per request sent.
+
+    .venv/bin/python bench/bench_log.py            # 3 rounds (~2 min)
+    .venv/bin/python bench/bench_log.py --quick    # 1 round, small phases (~30 s)
+
+Exits 0 whatever the figures (a measurement), 1 when the bench itself failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_proxy as bp  # noqa: E402  (the load generator and process helpers)
+
+TARGET = 0.9  # log-on replay req/s >= 0.9 x log-off
+
+
+class Viewer:
+    """A live-feed reader: GET /_rechat/api/events in a thread, counting `exchange` events."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.events, self._stop = port, 0, threading.Event()
+        self._resp = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._resp = urllib.request.urlopen(
+                f"http://{bp.HOST}:{self.port}/_rechat/api/events", timeout=30)
+            for line in self._resp:
+                if self._stop.is_set():
+                    break
+                if line.startswith(b"event: exchange"):
+                    self.events += 1
+        except Exception:
+            pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            if self._resp is not None:
+                self._resp.close()
+        except Exception:
+            pass
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1 round, small phases")
+    ap.add_argument("--rounds", type=int, help="rounds (default 3)")
+    ap.add_argument("--requests", type=int, help="max requests per phase (default 3000)")
+    ap.add_argument("--seconds", type=float, help="max seconds per phase (default 5)")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--no-stream", action="store_true", help="skip the streamed scenarios")
+    args = ap.parse_args()
+    rounds = args.rounds or (1 if args.quick else 3)
+    max_req = args.requests or (800 if args.quick else 3000)
+    max_s = args.seconds or (2.0 if args.quick else 5.0)
+    warm = 100 if args.quick else 300
+    shapes = [1, args.concurrency]
+
+    tmp = tempfile.mkdtemp(prefix="rechat-bench-log-")
+    logdir = os.path.join(tmp, "logs")
+    os.makedirs(logdir)
+    servers: dict[str, bp.Server] = {}
+    viewers: list[Viewer] = []
+    results: dict[tuple[str, int], list[bp.Phase]] = {}
+    sent: dict[str, int] = {}
+    writer: dict[str, float] = {}  # writer thread CPU us per row
+    t_run = time.monotonic()
+    try:
+        port = bp.free_port()
+        servers["bare"] = bp.Server("bare", [bp.PY, bp.__file__, "--bare-server", str(port)],
+                                    port, logdir).start()
+        folders = {False: bp.record_fixture(tmp, port, False, logdir)}
+        if not args.no_stream:
+            folders[True] = bp.record_fixture(tmp, port, True, logdir)
+        servers.pop("bare").stop()
+        # Only the log differs between the processes: other per-request writers (the flow
+        # dump, when this rechat has one) are off in all of them.
+        help_text = subprocess.run(bp.RECHAT + ["replay", "--help"], capture_output=True,
+                                   text=True, timeout=60).stdout
+        common = ["--no-dump"] if "--no-dump" in help_text else []
+        keys = []
+        for stream, folder in folders.items():
+            sfx = "_sse" if stream else ""
+            for variant in ("off", "on", "on+viewer"):
+                key = variant + sfx
+                p = bp.free_port()
+                argv = bp.RECHAT + ["replay", folder, "--port", str(p), "--quiet", "--no-watch",
+                                    *common]
+                if variant == "off":
+                    argv.append("--no-ui")
+                else:
+                    argv += ["--log-db", os.path.join(tmp, f"log-{key}.sqlite")]
+                servers[key] = bp.Server(key, argv, p, logdir).start()
+                if variant == "on+viewer":
+                    viewers.append(Viewer(p))
+                keys.append((key, stream))
+                sent[key] = 0
+        expect = {k: bp.check_answer(servers[k].port, s) for k, s in keys}
+        for k in sent:
+            sent[k] = 1
+        for r in range(rounds):
+            for conc in shapes:
+                for key, stream in keys:
+                    srv = servers[key]
+                    raw = bp.build_request(srv.port, dict(bp.REQUEST, stream=True) if stream
+                                           else bp.REQUEST)
+                    w = asyncio.run(bp.load(srv.port, raw, conc, warm, max_s, expect[key]))
+                    c0 = srv.cpu_ms()
+                    ph = asyncio.run(bp.load(srv.port, raw, conc, max_req, max_s, expect[key]))
+                    ph.cpu_ms = srv.cpu_ms() - c0
+                    sent[key] += w.done + ph.done
+                    if ph.errors or w.errors:
+                        raise RuntimeError(f"{key} c={conc}: {ph.errors + w.errors} requests failed")
+                    results.setdefault((key, conc), []).append(ph)
+                    print(f"  round {r + 1}/{rounds}  {key:<15} c={conc:<3} {ph.rps:8.0f} req/s  "
+                          f"p50 {ph.pct(0.5):.3f} ms  p99 {ph.pct(0.99):.3f} ms  "
+                          f"server {ph.cpu_us_per_req:.0f} us CPU/req", flush=True)
+        for key, _ in keys:
+            if key.startswith("on"):
+                with urllib.request.urlopen(f"http://{bp.HOST}:{servers[key].port}"
+                                            "/_rechat/api/info", timeout=10) as resp:
+                    lg = json.loads(resp.read())["log"]
+                writer[key] = lg.get("writer_cpu_s", 0) * 1e6 / max(1, lg["written"])
+        # Every request sent must be in the log once the servers have stopped (flushed).
+        for v in viewers:
+            v.stop()
+        for key in list(servers):
+            servers[key].stop()
+        rows = {}
+        for key, _ in keys:
+            if key.startswith("on"):
+                db = sqlite3.connect(os.path.join(tmp, f"log-{key}.sqlite"))
+                rows[key] = db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+                db.close()
+    except KeyboardInterrupt:
+        print("bench interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        print(f"bench failed: {e}", file=sys.stderr)
+        for s in servers.values():
+            if s.proc is not None and s.proc.poll() is not None:
+                print(f"--- {s.name} log:\n{s.log_tail()}", file=sys.stderr)
+        return 1
+    finally:
+        for v in viewers:
+            v.stop()
+        for s in servers.values():
+            s.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    med = statistics.median
+    print()
+    print(f"rechat request-log bench  {datetime.date.today()}  python {platform.python_version()}  "
+          f"{os.cpu_count()} cores  rounds {rounds}  ({time.monotonic() - t_run:.0f} s)")
+    print()
+    c1, cn = shapes
+    print(f"| {'scenario':<16} | {'c=1 req/s':>9} | {'c=1 p50':>7} | {f'c={cn} req/s':>10} | "
+          f"{f'c={cn} p99':>8} | {'CPU us/req':>10} |")
+    print(f"|{'-' * 18}|{'-' * 11}|{'-' * 9}|{'-' * 12}|{'-' * 10}|{'-' * 12}|")
+    for key, _ in keys:
+        a, b = results[(key, c1)], results[(key, cn)]
+        print(f"| {key:<16} | {med(p.rps for p in a):9.0f} | {med(p.pct(0.5) for p in a):7.3f} | "
+              f"{med(p.rps for p in b):10.0f} | {med(p.pct(0.99) for p in b):8.3f} | "
+              f"{med(p.cpu_us_per_req for p in b):10.0f} |")
+    print()
+    verdicts = []
+    for key, stream in keys:
+        if key.startswith("off"):
+            continue
+        base = "off_sse" if stream else "off"
+        for conc in shapes:
+            ratio = med(x.rps / y.rps for x, y in zip(results[(key, conc)], results[(base, conc)]))
+            gate = conc == cn and "viewer" not in key
+            ok = ratio >= TARGET
+            if gate:
+                verdicts.append(ok)
+            print(f"  {key + ' / ' + base + ' req/s':<34} c={conc:<3} {ratio:6.3f}"
+                  + (f"   target >= {TARGET}   {'PASS' if ok else 'FAIL'}" if gate else ""))
+        # CPU time per request is steadier than req/s on a busy machine: the same cost, seen
+        # as the share of the log-off process's work per request.
+        extra = med(x.cpu_us_per_req - y.cpu_us_per_req
+                    for x, y in zip(results[(key, cn)], results[(base, cn)]))
+        share = extra / med(y.cpu_us_per_req for y in results[(base, cn)])
+        print(f"  {key + ' - ' + base + ' CPU per request':<34} c={cn:<3} {extra:+6.1f} us "
+              f"({share:+.1%})")
+    print()
+    for key, n in rows.items():
+        print(f"  log {key:<15} {n} rows for {sent[key]} requests sent"
+              + ("" if n == sent[key] else "   MISMATCH")
+              + f"; writer thread {writer.get(key, 0):.1f} us CPU per row")
+    print(f"verdict: {sum(verdicts)} of {len(verdicts)} targets met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
