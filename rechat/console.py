@@ -78,6 +78,8 @@ class ConsoleView:
         self.out.print(f"sessions: {', '.join(store.dirs)} · {len(store.files)} files, "
                        f"{store.answer_count} answers"
                        + (f", {len(store.errors)} broken" if store.errors else ""))
+        if config.ui:
+            self.out.print(f"web UI: {url}/")
         self.out.print(Text(f"export OPENAI_BASE_URL={url}/v1", style="bold"))
 
     def summary(self) -> None:

@@ -222,7 +222,6 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
 # answer (`_AnswerFacts`) and what only depends on the request body once per body, and a
 # replay's response is not stored (the session holds it; the web API rebuilds it).
 
-_NEAREST = re.compile(r"answered at (?P<file>.+):(?P<line>\d+) \(similarity (?P<score>[0-9.]+)\)")
 _COL = {c: i for i, c in enumerate(COLUMNS)}
 assert not any(is_secret_header(h) for h in REQUEST_HEADERS)
 
@@ -430,10 +429,9 @@ def row_from_event(ev: Any, run: str, extra: dict | None = None,
         if resp is not None:
             resp_bytes = len(resp_body)
             resp_headers = header_text(resp.headers)
-        if kind == "miss" and ev.detail:
-            m = _NEAREST.search(ev.detail)
-            if m:
-                match, score, session, line = "nearest", float(m["score"]), m["file"], int(m["line"])
+        if kind == "miss" and ev.nearest_file:
+            match, score = "nearest", float(ev.similarity or 0)
+            session, line = ev.nearest_file, ev.nearest_line
     if kind != "replay" and getattr(ev, "similarity", None) is not None:
         match, score = "nearest", round(ev.similarity, 4)  # a miss (forwarded or not), compared
     blobs = []

@@ -62,6 +62,8 @@ class ProxyEvent:
     position: tuple[int, int] | None = None  # (play position, answers) of a replay
     similarity: float | None = None  # of a fuzzy replay, or of the nearest request to a miss
     diff: list[str] | None = None  # unified diff nearest-recorded -> this request, on a miss
+    nearest_file: str | None = None  # the nearest recorded request to a miss: its session file
+    nearest_line: int | None = None  # and the 1-based line of its answer
     id: int = 0
     started_at: float = 0.0
     client: str = ""
@@ -372,7 +374,7 @@ def _transform_reply(reply: answers.Reply, transforms: list) -> answers.Reply:
 def _miss_info(req: Request, near) -> dict:
     # What a miss event carries about the nearest recorded request: its similarity and the diff.
     mine = request_text({k: v for k, v in request_params(req.json).items()}, req.json["messages"])
-    return {"similarity": near.similarity,
+    return {"similarity": near.similarity, "nearest_file": near.file, "nearest_line": near.line,
             "diff": diff(near.text, mine, f"{near.file}:{near.line}", "this request")}
 
 

@@ -20,9 +20,12 @@ from rechat.store import Store
 log = logging.getLogger("rechat")
 
 
-def _watched(path: str) -> bool:
-    # Session files and folders (a folder moved in or out is one event); never dot-files,
-    # which include the store's temp files.
+def _watched(path: str, roots: list[str]) -> bool:
+    # Session files and folders (a folder moved in or out is one event); never anything in or
+    # under a dot-name below a sessions folder: the store's temp files, `.rechat/log.sqlite`.
+    for root in roots:
+        if path.startswith(root + os.sep):
+            return not any(p.startswith(".") for p in path[len(root) + 1:].split(os.sep))
     return not os.path.basename(path).startswith(".")
 
 
@@ -70,7 +73,7 @@ class Watcher:
 
     async def _run(self) -> None:
         watch = watchfiles.awatch(*self.store.dirs, stop_event=self._stop, debounce=self.debounce_ms,
-                                  step=25, watch_filter=lambda _c, p: _watched(p),
+                                  step=25, watch_filter=lambda _c, p: _watched(p, self.store.dirs),
                                   recursive=True, yield_on_timeout=False)
         self.ready.set()
         try:
