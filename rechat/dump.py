@@ -301,6 +301,10 @@ class DumpWriter:
     def _run(self) -> None:
         while True:
             item = self._queue.get()
+            if item is not _STOP:
+                # Let a batch gather: one wake-up and one write per 50 ms at most, so the
+                # thread competes with the event loop for the GIL as little as possible.
+                time.sleep(0.05)
             batch = [item]
             while True:  # drain what else is waiting: one write for the lot
                 try:

@@ -81,6 +81,13 @@ class Gateway:
         return len(s.routes) > 1 or any(r.models for r in s.routes) or bool(
             s.model_map.exact or s.model_map.patterns or s.model_map.override)
 
+    @property
+    def rewrites(self) -> bool:
+        """True when requests or answers may change on the way (model map, think, no-think)."""
+        s = self.settings
+        return bool(s.think is not ThinkMode.KEEP or s.no_think or s.model_map.exact
+                    or s.model_map.patterns or s.model_map.override)
+
     def ports(self) -> list[int]:
         """Return the local ports routes name explicitly (besides the main `--port`)."""
         return sorted({r.local_port for r in self.routes if r.local_port is not None})

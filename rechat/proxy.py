@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -99,6 +100,7 @@ class Proxy:
         self._subscribers: list[Callable[[ProxyEvent], None]] = []
         self._ids = itertools.count(1)
         self.inflight: dict[int, ProxyEvent] = {}  # id -> its "start" event, until it ends
+        self._replies: OrderedDict[tuple, tuple[Answer, answers.Reply, bytes]] = OrderedDict()
 
     def subscribe(self, callback: Callable[[ProxyEvent], None]) -> None:
         """Call `callback(event)` after each request; exceptions in it are logged, not raised."""
@@ -146,19 +148,23 @@ class Proxy:
     async def _replay(self, wreq: web.Request, req: Request, answer: Answer, ctx: "_Ctx",
                       position: tuple[int, int] | None,
                       similarity: float | None = None) -> web.StreamResponse:
-        reply = (answers.chat_reply(answer, req) if answer.kind == "chat"
-                 else answers.generic_reply(answer))
         gw = self.config.gateway
-        if gw is not None:
+        transforms = []
+        if gw is not None and gw.rewrites:
             out = gw.outbound(req)
-            reply = _transform_reply(reply, gw.transforms(out.asked, out.served))
+            transforms = gw.transforms(out.asked, out.served)
+        reply, joined = self._reply_for(answer, req, cache=not transforms)
+        if transforms:
+            reply = _transform_reply(reply, transforms)
+            joined = b"".join(reply.events) if reply.events is not None else reply.body
         fuzzy = f"fuzzy={similarity:.2f}; " if similarity is not None else ""
         tag = ("x-rechat", f"replay; {fuzzy}session={_name(answer.session)}")
         delays = _delays(answer, reply, self.config.latency)
         if delays[0]:
             await asyncio.sleep(delays[0])
-        if reply.events is None:
-            resp = web.Response(status=reply.status, body=reply.body)
+        if reply.events is None or not any(delays):
+            # No timing to reproduce: the whole reply (a stream's events too) in one write.
+            resp = web.Response(status=reply.status, body=joined)
             _set_headers(resp, reply.headers + [tag])
         else:
             resp = web.StreamResponse(status=reply.status)
@@ -172,10 +178,36 @@ class Proxy:
                 await resp.write_eof()
             except ConnectionError:
                 pass  # the client left; nothing to record on replay
-        self._publish(ctx, ProxyEvent("replay", req, Response(reply.status, reply.headers, reply.body),
+        self._publish(ctx, ProxyEvent("replay", req, Response(reply.status, reply.headers, joined),
                                  answer=answer, file=answer.session, ms=_ms(ctx),
                                  position=position, similarity=similarity))
         return resp
+
+    def _reply_for(self, answer: Answer, req: Request, cache: bool) -> tuple[answers.Reply, bytes]:
+        """Return the reply to `req` from `answer` and its whole body (a stream's events joined).
+
+        Built once per answer and request shape.
+
+        A recorded answer's reply depends on the request only through `stream` and
+        `stream_options.include_usage` (a hand-written one also on `model`); edits make new
+        Answer objects, so a cached reply never outlives the text it came from.
+        """
+        body = req.json if isinstance(req.json, dict) else {}
+        opts = body.get("stream_options")
+        key = (id(answer), req.wants_stream, isinstance(opts, dict) and opts.get("include_usage"),
+               None if answer.meta else body.get("model"))
+        got = self._replies.get(key) if cache else None
+        if got is not None and got[0] is answer:
+            self._replies.move_to_end(key)
+            return got[1], got[2]
+        reply = (answers.chat_reply(answer, req) if answer.kind == "chat"
+                 else answers.generic_reply(answer))
+        joined = reply.body if reply.events is None else b"".join(reply.events)
+        if cache:
+            self._replies[key] = (answer, reply, joined)
+            if len(self._replies) > 4096:
+                self._replies.popitem(last=False)
+        return reply, joined
 
     def _miss(self, req: Request, ctx: "_Ctx", near=None, miss: dict | None = None) -> web.Response:
         detail = ""
