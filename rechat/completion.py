@@ -12,7 +12,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
-__all__ = ["assemble", "synthesize"]
+__all__ = ["assemble", "synthesize", "assemble_text", "synthesize_text"]
 
 # Message fields with their own merge rules; every other delta field is merged
 # generically (strings concatenated, dicts merged, lists extended).
@@ -352,7 +352,8 @@ def _split(text: str, size: int) -> list[str]:
     return pieces
 
 
-def synthesize(completion: dict, include_usage: bool = False, piece_chars: int = 24) -> list[dict]:
+def synthesize(completion: dict, include_usage: bool = False, piece_chars: int = 24,
+               interleave: bool = False) -> list[dict]:
     """Produce a valid ``chat.completion.chunk`` sequence for a completion.
 
     The inverse of ``assemble``: for any completion whose messages hold
@@ -379,8 +380,10 @@ def synthesize(completion: dict, include_usage: bool = False, piece_chars: int =
     Every chunk has id, object ``"chat.completion.chunk"``, created, model,
     service_tier and system_fingerprint when the completion has those keys,
     and choices of one ``{index, delta, logprobs: None, finish_reason:
-    None}`` entry. Raises ValueError if ``piece_chars < 1`` and TypeError if
-    a message's content is neither str nor None.
+    None}`` entry. Choices follow one another; with ``interleave`` their
+    chunks alternate (one chunk of each choice in turn, as OpenAI streams
+    ``n > 1``). Raises ValueError if ``piece_chars < 1`` and TypeError if a
+    message's content is neither str nor None.
     """
     if piece_chars < 1:
         raise ValueError("piece_chars must be at least 1")
@@ -394,7 +397,7 @@ def synthesize(completion: dict, include_usage: bool = False, piece_chars: int =
         if key in completion:
             head[key] = completion[key]
 
-    chunks: list[dict] = []
+    per_choice: list[list[dict]] = []
 
     def emit(index: Any, delta: dict, finish_reason: Any = None, logprobs: Any = None) -> None:
         chunk = dict(head)
@@ -403,9 +406,10 @@ def synthesize(completion: dict, include_usage: bool = False, piece_chars: int =
         ]
         if include_usage:
             chunk["usage"] = None
-        chunks.append(chunk)
+        per_choice[-1].append(chunk)
 
     for position, choice in enumerate(completion.get("choices") or ()):
+        per_choice.append([])
         index = choice.get("index", position)
         message = choice.get("message") or {}
         content = message.get("content")
@@ -469,10 +473,117 @@ def synthesize(completion: dict, include_usage: bool = False, piece_chars: int =
 
         emit(index, {}, choice.get("finish_reason"), choice.get("logprobs"))
 
+    chunks = _interleave(per_choice) if interleave else [c for cs in per_choice for c in cs]
     usage = completion.get("usage")
     if include_usage and usage is not None:
         chunk = dict(head)
         chunk["choices"] = []
         chunk["usage"] = usage
         chunks.append(chunk)
+    return chunks
+
+
+def _interleave(lists: list[list[dict]]) -> list[dict]:
+    # One item of each list in turn, until all are used up.
+    out: list[dict] = []
+    for i in range(max((len(x) for x in lists), default=0)):
+        out += [x[i] for x in lists if i < len(x)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Legacy completions (``/v1/completions``): ``text_completion`` objects, streamed as
+# ``text_completion`` chunks whose choices carry pieces of ``text``.
+
+_LOGPROB_LISTS = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+
+
+def assemble_text(chunks: list[dict]) -> dict:
+    """Merge streamed ``text_completion`` chunks into one ``text_completion`` object.
+
+    ``chunks`` are JSON-decoded chunks in stream order, without ``[DONE]``. id, created and
+    model are the first non-null values; ``system_fingerprint`` is kept when a chunk has it;
+    usage is the last non-null ``usage`` (omitted if none came). Choices are ordered by
+    ``index``, each ``{text, index, logprobs, finish_reason}``: texts concatenated, the last
+    non-null finish_reason, logprobs None or its four lists (tokens, token_logprobs,
+    top_logprobs, text_offset) concatenated. Non-dict chunks raise TypeError/AttributeError.
+    """
+    top: dict[str, Any] = {"id": None, "created": None, "model": None}
+    optional: dict[str, Any] = {}
+    usage = None
+    texts: dict[Any, list[str]] = {}
+    finish: dict[Any, Any] = {}
+    logprobs: dict[Any, Any] = {}
+    for chunk in chunks:
+        for key in _TOP:
+            if top[key] is None and chunk.get(key) is not None:
+                top[key] = chunk[key]
+        if "system_fingerprint" in chunk and optional.get("system_fingerprint") is None:
+            optional["system_fingerprint"] = chunk["system_fingerprint"]
+        if chunk.get("usage") is not None:
+            usage = chunk["usage"]
+        for entry in chunk.get("choices") or ():
+            index = entry.get("index", 0)
+            parts = texts.setdefault(index, [])
+            if isinstance(entry.get("text"), str):
+                parts.append(entry["text"])
+            if entry.get("finish_reason") is not None:
+                finish[index] = entry["finish_reason"]
+            lp = entry.get("logprobs")
+            if isinstance(lp, dict):
+                acc = logprobs.get(index)
+                if acc is None:
+                    logprobs[index] = {k: (list(v) if isinstance(v, list) else v)
+                                       for k, v in lp.items()}
+                else:
+                    for k, v in lp.items():
+                        if isinstance(v, list) and isinstance(acc.get(k), list):
+                            acc[k].extend(v)
+                        elif k not in acc or acc[k] is None:
+                            acc[k] = v
+    out: dict[str, Any] = {"id": top["id"], "object": "text_completion", "created": top["created"],
+                           "model": top["model"]}
+    out["choices"] = [{"text": "".join(texts[i]), "index": i, "logprobs": logprobs.get(i),
+                       "finish_reason": finish.get(i)} for i in _ordered(texts)]
+    if usage is not None:
+        out["usage"] = usage
+    out.update(optional)
+    return out
+
+
+def synthesize_text(completion: dict, include_usage: bool = False, piece_chars: int = 24) -> list[dict]:
+    """Produce a ``text_completion`` chunk sequence for a legacy completion; no ``[DONE]``.
+
+    The inverse of ``assemble_text``: each choice's text in pieces of about ``piece_chars``
+    characters (see _split), then one chunk with empty text, its ``finish_reason`` and
+    ``logprobs``; the choices' chunks alternate. With ``include_usage``, every chunk has
+    ``"usage": null`` and a last chunk with ``choices: []`` carries the usage, as OpenAI
+    streams with ``stream_options.include_usage``. Raises ValueError if ``piece_chars < 1``.
+    """
+    if piece_chars < 1:
+        raise ValueError("piece_chars must be at least 1")
+    head: dict[str, Any] = {"id": completion.get("id"), "object": "text_completion",
+                            "created": completion.get("created"), "model": completion.get("model")}
+    if "system_fingerprint" in completion:
+        head["system_fingerprint"] = completion["system_fingerprint"]
+    per_choice: list[list[dict]] = []
+
+    def chunk(entry: dict) -> dict:
+        c = {**head, "choices": [entry]}
+        if include_usage:
+            c["usage"] = None
+        return c
+
+    for position, choice in enumerate(completion.get("choices") or ()):
+        index = choice.get("index", position)
+        text = choice.get("text")
+        pieces = _split(text, piece_chars) if isinstance(text, str) else []
+        out = [chunk({"text": p, "index": index, "logprobs": None, "finish_reason": None})
+               for p in pieces]
+        out.append(chunk({"text": "", "index": index, "logprobs": choice.get("logprobs"),
+                          "finish_reason": choice.get("finish_reason")}))
+        per_choice.append(out)
+    chunks = _interleave(per_choice)
+    if include_usage and completion.get("usage") is not None:
+        chunks.append({**head, "choices": [], "usage": completion["usage"]})
     return chunks

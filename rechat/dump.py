@@ -378,7 +378,8 @@ def _replayed(ev: Any) -> Response:
     # (the same pure function the proxy used) so the dump holds the bytes the client got.
     from rechat import answers
     a = ev.answer
-    reply = answers.chat_reply(a, ev.request) if a.kind == "chat" else answers.generic_reply(a)
+    reply = (answers.chat_reply(a, ev.request) if a.kind == "chat"
+             else answers.generic_reply(a, ev.request))
     body = reply.body if reply.events is None else b"".join(reply.events)
     events = None if reply.events is None else parse_sse(body)
     return Response(reply.status, list(reply.headers), body, events)

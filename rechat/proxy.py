@@ -201,7 +201,7 @@ class Proxy:
             self._replies.move_to_end(key)
             return got[1], got[2]
         reply = (answers.chat_reply(answer, req) if answer.kind == "chat"
-                 else answers.generic_reply(answer))
+                 else answers.generic_reply(answer, req))
         joined = reply.body if reply.events is None else b"".join(reply.events)
         if cache:
             self._replies[key] = (answer, reply, joined)

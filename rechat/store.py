@@ -10,8 +10,15 @@ made of the session's params and messages[:i]. Its key is a hash chain over thos
 its messages and the lookup is a dict access. Under one key, answers are grouped by the
 session's params; a group matches when each of its params equals the request's (a parameter
 missing from the front matter matches any value), the most specific group wins, and inside a
-group answers play in recorded order, then the last repeats. Generic answers are keyed by
-`fingerprint.fingerprint`.
+group answers play in recorded order, then the last repeats. Generic answers, and answers of
+the readable forms (Responses, legacy completions, embeddings: forms.py), are keyed by
+`fingerprint.fingerprint` of the whole request; a multipart request whose large parts are blob
+files is keyed by the parts' hashes without reading the blobs.
+
+Recording picks the form: chat sessions for chat completions, a readable form for the three
+endpoints forms.py knows (a Responses request with `previous_response_id` X is appended to the
+file holding response X when its params are the file's), the generic form for everything
+else and for any exchange a form cannot hold exactly (checked by reading the text back).
 
 Invariant: a file on disk is always whole (sessionfile.write_atomic); a file that fails to
 parse keeps its last good version in the index and is listed in `errors`.
@@ -27,13 +34,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
-from rechat import answers
+from rechat import answers, forms
 from rechat import sessionfile as sf
 from rechat.errors import ConfigError, SessionFormatError
 from rechat.exchange import CHAT_PATH, Answer, Exchange, Request
 from rechat.matching import NearIndex, Nearest, nearest
 from rechat.fingerprint import (VOLATILE_FIELDS, canonical, clean_query, digest, fingerprint,
                                 normalize_message, request_params)
+
+
+def multipart_fingerprint(method: str, path: str, query: str,
+                          parts: list[tuple[bytes, str]]) -> str:
+    """Return `fingerprint.fingerprint` of a multipart request from its parts' (headers, sha256
+    hex) pairs, without the parts' bytes (a test holds the two equal)."""
+    key = digest(canonical([[h.decode("latin-1"), sha] for h, sha in parts]))
+    return digest(f"{method.upper()} {path}?{clean_query(query)}\n{key}")
 
 
 MATCH_MODES = ("default", "exact", "content")
@@ -82,6 +97,7 @@ class _File:
     text: str
     keys: list[str] = field(default_factory=list)  # index keys this file contributed to
     tips: list[str] = field(default_factory=list)
+    response_ids: list[str] = field(default_factory=list)
 
 
 def _epoch(meta: dict) -> float:
@@ -149,6 +165,8 @@ class Store:
         self._near_dead: dict[str, int] = {}  # refs of reloaded/removed files, per path
         self._pending: set[asyncio.Task] = set()
         self._names: set[str] = set()
+        self.response_ids: dict[str, str] = {}  # Responses API response id -> its session file
+        self._blobs: dict[str, dict[str, bytes]] = {}  # file -> blobs to write before it
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -216,10 +234,27 @@ class Store:
         s = entry.session
         if s.kind == "generic":
             for i, ex in enumerate(s.exchanges):
-                fp = fingerprint(s.method, s.path, s.query, ex.request_body, _json_or_none(ex.request_body))
-                ans = Answer(session=file, index=i, line=ex.line, kind="generic", meta=ex.meta,
-                             status=ex.status, body=ex.body, recorded_at=_epoch(ex.meta),
-                             headers=[tuple(h) for h in ex.meta.get("headers", [])])
+                headers = [tuple(h) for h in ex.meta.get("headers", [])
+                           if isinstance(h, list) and len(h) == 2]
+                ans: Answer
+                if ex.form is not None:
+                    fp = fingerprint(s.method, s.path, s.query, b"", ex.request)
+                    ans = answers.FormAnswer(
+                        session=file, index=i, line=ex.line, kind=ex.form, meta=ex.meta,
+                        status=ex.status, recorded_at=_epoch(ex.meta), headers=headers,
+                        request=ex.request, data=ex.answer)
+                    rid = ex.answer.get("id") if isinstance(ex.answer, dict) else None
+                    if ex.form == "responses" and isinstance(rid, str):
+                        self.response_ids[rid] = file
+                        entry.response_ids.append(rid)
+                else:
+                    fp = (multipart_fingerprint(s.method, s.path, s.query, ex.parts)
+                          if ex.parts is not None else
+                          fingerprint(s.method, s.path, s.query, ex.request_body,
+                                      _json_or_none(ex.request_body)))
+                    ans = Answer(session=file, index=i, line=ex.line, kind="generic", meta=ex.meta,
+                                 status=ex.status, body=ex.body, recorded_at=_epoch(ex.meta),
+                                 headers=headers)
                 _insert(self.generic.setdefault(fp, []), ans)
                 entry.keys.append(fp)
             return
@@ -274,7 +309,10 @@ class Store:
         for t in entry.tips:
             if self.tips.get(t) == file:
                 del self.tips[t]
-        entry.keys, entry.tips = [], []
+        for rid in entry.response_ids:
+            if self.response_ids.get(rid) == file:
+                del self.response_ids[rid]
+        entry.keys, entry.tips, entry.response_ids = [], [], []
 
     # -- lookup ----------------------------------------------------------------------------
 
@@ -373,10 +411,19 @@ class Store:
                 return True
         meta = answers.generic_meta(exchange)
         fp = fingerprint(req.method, req.path, req.query, req.body, req.json)
+        cap = self._capture(exchange, meta)
+        headers = [tuple(h) for h in meta["headers"]]
+        if cap is not None:
+            form, c = cap
+            data = forms.Embeddings(c.answer, None) if form == "embedding" else c.answer
+            _insert(self.generic.setdefault(fp, []), answers.FormAnswer(
+                session=source, index=index, line=0, kind=form, meta=c.turn.meta or meta,
+                status=resp.status, headers=headers, recorded_at=exchange.recorded_at,
+                request=c.request, data=data))
+            return True
         _insert(self.generic.setdefault(fp, []), Answer(
             session=source, index=index, line=0, kind="generic", meta=meta, status=resp.status,
-            headers=[tuple(h) for h in meta["headers"]], body=resp.body,
-            recorded_at=exchange.recorded_at))
+            headers=headers, body=resp.body, recorded_at=exchange.recorded_at))
         return True
 
     def answer_at(self, file: str, line: int) -> Answer | None:
@@ -454,7 +501,64 @@ class Store:
             if file is not None:
                 return file
             meta = answers.generic_meta(exchange)
-        return self._record_generic(exchange, meta or {})
+        if meta is None:
+            meta = answers.generic_meta(exchange)
+        cap = self._capture(exchange, meta)
+        if cap is not None:
+            file = self._record_form(exchange, *cap)
+            if file is not None:
+                return file
+        return self._record_generic(exchange, meta)
+
+    def _capture(self, exchange: Exchange, meta: dict) -> tuple[str, forms.Capture] | None:
+        # The readable form of a 2xx exchange of a form's endpoint, or None.
+        req, resp = exchange.request, exchange.response
+        form = forms.form_of(req.method, req.path)
+        if form is None or not isinstance(req.json, dict) or not 200 <= resp.status < 300:
+            return None
+        body = None if resp.events is not None else resp.json
+        if resp.events is None and not isinstance(body, dict):
+            return None
+        cap = forms.capture(form, req.json, body, resp.events, meta, resp.event_ms)
+        return (form, cap) if cap is not None else None
+
+    def _record_form(self, exchange: Exchange, form: str, cap: forms.Capture) -> str | None:
+        # Returns None when the text does not read back as the exchange (the caller then
+        # records it in the generic form).
+        req = exchange.request
+        prev = cap.request.get("previous_response_id") if form == "responses" else None
+        target = self.response_ids.get(prev) if isinstance(prev, str) else None
+        if target is not None and target in self.files and not (
+                self._queued.get(target) or self._disk_holds(target)):
+            self.reload_file(target)  # edited since we read it: take their version first
+            target = self.response_ids.get(prev)
+        if target is not None and (
+                target not in self.files or target in self.errors
+                or self.files[target].session.form != form
+                or canonical(self.files[target].session.params) != canonical(cap.params)
+                or not (self._queued.get(target) or self._disk_holds(target))):
+            target = None
+        try:
+            if target is not None:
+                old = self.files[target].text
+                if "\r\n" in old and old.count("\r\n") == old.count("\n"):
+                    old = old.replace("\r\n", "\n")
+                text = old.rstrip("\n") + "\n" + "\n".join(sf.render_turns([cap.turn])) + "\n"
+            else:
+                target = self._new_name(forms.title_of(form, cap.request))
+                query = clean_query(req.query)
+                endpoint = f"{req.method} {req.path}" + (f"?{query}" if query else "")
+                text = sf.render_form(form, endpoint, cap.params, [cap.turn])
+            got = sf.parse(text, target)
+        except (ValueError, SessionFormatError):
+            return None
+        if not got.exchanges:
+            return None
+        last = got.exchanges[-1]
+        if not forms.matches(form, last.request, last.answer, cap):
+            return None
+        self._commit(target, text, got)
+        return target
 
     def _record_chat(self, req: Request, answer: dict, meta: dict) -> str | None:
         # Returns None when the conversation has no faithful markdown form (an unknown role,
@@ -492,6 +596,10 @@ class Store:
             return None
         if [normalize_message(m) for m in got.messages] != [normalize_message(m) for m in expected]:
             return None
+        shown = got.responses.get(len(got.messages) - 1, {}).get("choices")
+        if [normalize_message(m) for m in shown or []] != [
+                normalize_message(m) for m in meta.get("choices") or []]:
+            return None
         self._commit(target, text, got)
         return target
 
@@ -519,7 +627,11 @@ class Store:
         ex = sf.GenericExchange(request_body=req.body, status=exchange.response.status,
                                 body=exchange.response.body, meta=meta)
         target = self._new_name(f"{req.method} {req.path.removeprefix('/v1/')}")
-        self._commit(target, sf.render_generic(endpoint, [ex]))
+        blobs: dict[str, bytes] = {}
+        text = sf.render_generic(endpoint, [ex], blobs)
+        if blobs:
+            self._blobs[target] = blobs
+        self._commit(target, text)
         return target
 
     def _commit(self, file: str, text: str, session: sf.Session | None = None) -> None:
@@ -539,6 +651,13 @@ class Store:
                 entry = self.files.get(file)
                 if entry is not None and entry.text != text:
                     return  # a newer version of this file is queued behind us; it wins
+                blobs = self._blobs.pop(file, None)
+                if blobs:  # before the session, so that it never names a missing blob
+                    folder = os.path.dirname(file)
+                    for sha, data in blobs.items():
+                        # One writer per blob: the same upload recorded twice is written once.
+                        async with self._writing.setdefault("blob:" + sha, asyncio.Lock()):
+                            await asyncio.to_thread(sf.write_blob, folder, sha, data)
                 await asyncio.to_thread(sf.write_atomic, file, text)
         finally:
             n = self._queued.get(file, 1) - 1

@@ -285,6 +285,30 @@ class ThinkTransform:
         """False in keep mode, where every object passes unchanged."""
         return self.mode is not ThinkMode.KEEP
 
+    def passes(self, raw: bytes, whole: bool = False) -> bool:
+        """True when the object encoded as `raw` (its JSON bytes) would pass unchanged.
+
+        A byte-level check that spares decoding: no marker can start in `raw` (no marker's
+        first character, no ``\\u`` escape that could hide one) and, for a streamed object
+        (`whole` False), every rewriter is idle: outside any block, past the start of its text,
+        holding nothing. Conservative: False only means "decode and see".
+        """
+        if not self.active:
+            return True
+        if b"\\u" in raw or any(c in raw for c in self._first_bytes()):
+            return False
+        if whole:
+            return True
+        return bool(self._rw) and all(
+            not rw._buf and rw._state == 0 and not rw._at_start for rw in self._rw.values())
+
+    def _first_bytes(self) -> tuple[bytes, ...]:
+        firsts = getattr(self, "_firsts", None)
+        if firsts is None:
+            chars = {c for st in _machine(self.mode, self.patterns) for c in st.firsts}
+            firsts = self._firsts = tuple(c.encode() for c in chars)
+        return firsts
+
     def _rewriter(self, index: int) -> ThinkRewriter:
         rw = self._rw.get(index)
         if rw is None:
@@ -405,6 +429,15 @@ def _chain_end(transforms: Sequence[ObjectTransform]) -> list[dict]:
     return items
 
 
+def _all_pass(transforms: Sequence[ObjectTransform], raw: bytes, whole: bool = False) -> bool:
+    # True when every transform can tell from the bytes alone that the object passes unchanged.
+    for t in transforms:
+        passes = getattr(t, "passes", None)
+        if passes is None or not passes(raw, whole):
+            return False
+    return True
+
+
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
@@ -415,6 +448,8 @@ def rewrite_json(body: bytes, transforms: Sequence[ObjectTransform]) -> bytes:
     A body that is not a JSON object passes unchanged. A changed body is re-encoded as compact
     UTF-8 JSON (so its length changes: set Content-Length from the result).
     """
+    if _all_pass(transforms, body, whole=True):
+        return body
     try:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -538,6 +573,8 @@ class SSEStreamRewriter:
         data = b"\n".join(values)
         if data == b"[DONE]":
             return (b"" if self._ended else self._end()) + raw
+        if _all_pass(self.transforms, data):
+            return raw  # the common chunk: nothing to rewrite, no need to decode it
         try:
             obj = json.loads(data)
         except (ValueError, UnicodeDecodeError):

@@ -407,7 +407,7 @@ class WebUI:
             fake = Request(row["method"], row["path"], row["query"] or "", [], reqb or b"")
             try:
                 reply = (answers.chat_reply(session_answer, fake) if session_answer.kind == "chat"
-                         else answers.generic_reply(session_answer))
+                         else answers.generic_reply(session_answer, fake))
                 respb = b"".join(reply.events) if reply.events is not None else reply.body
                 rh = [list(h) for h in reply.headers] + [
                     ["x-rechat", f"replay; session={os.path.basename(session_answer.session)}"]]

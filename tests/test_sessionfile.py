@@ -1,17 +1,21 @@
 """The session file format (rechat/sessionfile.py, docs/format.md): golden files, exact round
 trips proved with hypothesis, errors at the right line, atomic writes.
 
-Golden files live in tests/sample_data/: the ones in `CHAT_GOLDEN`/`GENERIC_GOLDEN` are what
-the code renders for the data below (rewrite them with `RECHAT_UPDATE_GOLDEN=1`), the ones in
-`HAND_WRITTEN` are written by hand and only read. docs/format.md embeds golden files between
+Golden files live in tests/sample_data/: the ones in `CHAT_GOLDEN`/`GENERIC_GOLDEN`/
+`FORM_GOLDEN` are what the code renders for the data below (rewrite them with
+`RECHAT_UPDATE_GOLDEN=1`), the ones in `HAND_WRITTEN`/`HAND_WRITTEN_FORMS` are written by hand
+and only read. docs/format.md embeds golden files between
 `<!-- golden: NAME -->` and a ````markdown fence; `RECHAT_UPDATE_DOCS=1` rewrites those blocks.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
+import struct
 from pathlib import Path
 
 import mistune
@@ -19,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from rechat import forms
 from rechat import sessionfile as sf
 from rechat.errors import SessionFormatError
 from rechat.exchange import CHAT_PATH, Exchange, Request, Response
@@ -198,9 +203,27 @@ CHAT_GOLDEN: dict[str, tuple[dict, list, dict]] = {
         ],
         {1: {"status": 200, "note": "--> and > cannot close <!-- this comment -->"}},
     ),
+    "chat_choices.md": (
+        {"model": "gpt-4o-mini", "n": 2, "temperature": 1.2},
+        [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "Teal."}],
+        {1: {"at": T0, "status": 200, "stream": False, "completion": {
+            "id": "chatcmpl-BAcho1ce", "object": "chat.completion", "created": 1741944413,
+            "model": "gpt-4o-mini-2024-07-18", "choices": [
+                {"index": 0, "message": {"refusal": None}, "logprobs": None, "finish_reason": "stop"},
+                {"index": 1, "message": {"refusal": None}, "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 6, "total_tokens": 17}},
+            "choices": [{"role": "assistant", "content": "Crimson, like\n\n- a cardinal."}]}},
+    ),
 }
 
-GENERIC_GOLDEN: dict[str, tuple[str, list]] = {
+UPLOAD_PART = bytes(range(64))  # a blob in the golden file (the threshold lowered to 64 bytes)
+UPLOAD = (b"--rechat-boundary\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n"
+          b"whisper-1\r\n--rechat-boundary\r\nContent-Disposition: form-data; name=\"file\"; "
+          b"filename=\"hello.wav\"\r\nContent-Type: audio/wav\r\n\r\n" + UPLOAD_PART +
+          b"\r\n--rechat-boundary--\r\n")
+
+# name -> (endpoint, exchanges[, blob threshold])
+GENERIC_GOLDEN: dict[str, tuple] = {
     "generic_embeddings.md": ("POST /v1/embeddings", [sf.GenericExchange(
         request_body=b'{"model": "text-embedding-3-small", "input": "hello"}',
         status=200,
@@ -220,6 +243,171 @@ GENERIC_GOLDEN: dict[str, tuple[str, list]] = {
         sf.GenericExchange(request_body=b"", status=404,
                            body=b"Not found: ```no such page```\n"),
     ]),
+    "generic_upload.md": ("POST /v1/audio/transcriptions", [sf.GenericExchange(
+        request_body=UPLOAD, status=200, body=b'{"text": "Hello."}',
+        meta={"at": T0, "status": 200, "headers": [["content-type", "application/json"]]})], 64),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Golden data of the readable forms (rechat/forms.py): name -> (form, endpoint, turns), each
+# turn (request JSON, response JSON or None, SSE events' data or None, meta so far).
+
+def f32(x: float) -> float:
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def _rmeta(at: str = T0, **extra) -> dict:
+    return {"at": at, "status": 200, "upstream": UPSTREAM, "ms": {"ttfb": 512.4, "total": 530.8},
+            **extra}
+
+
+GEO = "You are a concise geography assistant."
+WEATHER_FN = {"type": "function", "name": "get_weather", "description": "Current weather.",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                             "required": ["city"]}}
+RESP = {"object": "response", "created_at": 1741476542, "status": "completed", "error": None,
+        "incomplete_details": None, "model": "gpt-4o-mini-2024-07-18", "parallel_tool_calls": True,
+        "store": True, "temperature": 1.0, "tool_choice": "auto", "top_p": 1.0}
+USAGE = {"input_tokens": 36, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 3,
+         "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 39}
+
+
+def _msg(id_: str, text: str) -> dict:
+    return {"id": id_, "type": "message", "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "annotations": [], "logprobs": [], "text": text}]}
+
+
+def _ev(type_: str, n: int, **data) -> str:
+    return json.dumps({"type": type_, "sequence_number": n, **data}, separators=(",", ":"))
+
+
+_R2 = {"id": "resp_67ccd3a9da748190", **RESP, "instructions": GEO, "tools": [],
+       "previous_response_id": "resp_67ccd2bed1ec8190", "usage": USAGE}
+_M2 = _msg("msg_67ccd3aa0a408190", "Madrid.")
+_P2 = {**_R2, "status": "in_progress", "output": [], "usage": None}
+RESPONSES_STREAM = [
+    _ev("response.created", 0, response=_P2), _ev("response.in_progress", 1, response=_P2),
+    _ev("response.output_item.added", 2, output_index=0,
+        item={**_M2, "status": "in_progress", "content": []}),
+    _ev("response.content_part.added", 3, item_id=_M2["id"], output_index=0, content_index=0,
+        part={"type": "output_text", "annotations": [], "logprobs": [], "text": ""}),
+    _ev("response.output_text.delta", 4, item_id=_M2["id"], output_index=0, content_index=0,
+        delta="Madrid", logprobs=[], obfuscation="k2Rz"),
+    _ev("response.output_text.delta", 5, item_id=_M2["id"], output_index=0, content_index=0,
+        delta=".", logprobs=[], obfuscation="9Qe1xT"),
+    _ev("response.output_text.done", 6, item_id=_M2["id"], output_index=0, content_index=0,
+        text="Madrid.", logprobs=[]),
+    _ev("response.content_part.done", 7, item_id=_M2["id"], output_index=0, content_index=0,
+        part=_M2["content"][0]),
+    _ev("response.output_item.done", 8, output_index=0, item=_M2),
+    _ev("response.completed", 9, response={**_R2, "output": [_M2]}),
+]
+
+_CHUNK_C = {"id": "cmpl-8PhK3R2vWq", "object": "text_completion", "created": 1741944430,
+            "model": "gpt-3.5-turbo-instruct"}
+
+
+def _cc(choices: list, **extra) -> str:
+    return json.dumps({**_CHUNK_C, "choices": choices, **extra}, separators=(",", ":"))
+
+
+VECTORS = [[f32(x) for x in (0.0023064255, -0.009327292, -0.0028842222, 0.017162029)],
+           [f32(x) for x in (-0.012416781, 0.0034576892, 0.021983337, -0.0068213074)]]
+B64_VECTOR = base64.b64encode(struct.pack("<8f", *[f32(x / 7) for x in range(-4, 4)])).decode()
+
+FORM_GOLDEN: dict[str, tuple[str, str, list]] = {
+    "responses_turns.md": ("responses", "POST /v1/responses", [
+        ({"model": "gpt-4o-mini", "instructions": GEO, "input": "What is the capital of France?"},
+         {"id": "resp_67ccd2bed1ec8190", **RESP, "instructions": GEO,
+          "output": [_msg("msg_67ccd2bf17f08190", "Paris.")], "previous_response_id": None,
+          "tools": [], "usage": USAGE}, None,
+         _rmeta(headers=[["content-type", "application/json"], ["x-request-id", "req_1"]])),
+        ({"model": "gpt-4o-mini", "instructions": GEO, "stream": True,
+          "previous_response_id": "resp_67ccd2bed1ec8190",
+          "input": [{"role": "user", "content": "And of Spain?"}]},
+         None, RESPONSES_STREAM, _rmeta(T1, request={"stream": True})),
+    ]),
+    "responses_tools.md": ("responses", "POST /v1/responses", [
+        ({"model": "o4-mini", "reasoning": {"effort": "low", "summary": "auto"},
+          "tools": [WEATHER_FN], "input": [{"role": "user", "content": "Weather in Paris?"}]},
+         {"id": "resp_68a1f0c2e5d08190", **RESP, "model": "o4-mini-2025-04-16", "output": [
+             {"id": "rs_68a1f0c3a1c48190", "type": "reasoning", "summary": [
+                 {"type": "summary_text",
+                  "text": "**Checking the weather**\n\nThe user wants Paris: call get_weather."}]},
+             {"id": "fc_68a1f0c4b2d88190", "type": "function_call", "status": "completed",
+              "arguments": '{"city":"Paris"}', "call_id": "call_w1DpT3", "name": "get_weather"}],
+          "tools": [WEATHER_FN], "usage": USAGE}, None, _rmeta()),
+        ({"model": "o4-mini", "reasoning": {"effort": "low", "summary": "auto"},
+          "tools": [WEATHER_FN], "previous_response_id": "resp_68a1f0c2e5d08190",
+          "input": [{"type": "function_call_output", "call_id": "call_w1DpT3",
+                     "output": '{"temp_c": 14, "sky": "cloudy"}'}]},
+         {"id": "resp_68a1f0c9f7e08190", **RESP, "model": "o4-mini-2025-04-16",
+          "output": [_msg("msg_68a1f0ca08f48190", "Paris: 14 °C, cloudy.")],
+          "tools": [WEATHER_FN], "usage": USAGE}, None, _rmeta(T1)),
+    ]),
+    "completion.md": ("completion", "POST /v1/completions", [
+        ({"model": "gpt-3.5-turbo-instruct", "prompt": "Say this is a test", "max_tokens": 7,
+          "temperature": 0},
+         {"id": "cmpl-uqkvlQyYK7bGYrRHQ0eXlWi7", "object": "text_completion", "created": 1589478378,
+          "model": "gpt-3.5-turbo-instruct", "system_fingerprint": "fp_44709d6fcb", "choices": [
+              {"text": "\n\nThis is indeed a test", "index": 0, "logprobs": None,
+               "finish_reason": "length"}],
+          "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}, None, _rmeta()),
+    ]),
+    "completion_streamed.md": ("completion", "POST /v1/completions", [
+        ({"model": "gpt-3.5-turbo-instruct", "prompt": ["Once upon a", "Roses are"],
+          "max_tokens": 2, "stream": True, "stream_options": {"include_usage": True}},
+         None, [_cc([{"text": " time", "index": 0, "logprobs": None, "finish_reason": None}],
+                    usage=None),
+                _cc([{"text": " red", "index": 1, "logprobs": None, "finish_reason": None}],
+                    usage=None),
+                _cc([{"text": ",", "index": 0, "logprobs": None, "finish_reason": "length"}],
+                    usage=None),
+                _cc([{"text": ",", "index": 1, "logprobs": None, "finish_reason": "length"}],
+                    usage=None),
+                _cc([], usage={"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10}),
+                "[DONE]"],
+         _rmeta(request={"stream": True, "stream_options": {"include_usage": True}})),
+    ]),
+    "embeddings.md": ("embedding", "POST /v1/embeddings", [
+        ({"model": "text-embedding-3-small", "input": ["The food was delicious.",
+                                                       "The waiter was friendly."],
+          "dimensions": 4, "encoding_format": "float"},
+         {"object": "list", "data": [{"object": "embedding", "index": i, "embedding": v}
+                                     for i, v in enumerate(VECTORS)],
+          "model": "text-embedding-3-small", "usage": {"prompt_tokens": 10, "total_tokens": 10}},
+         None, _rmeta(headers=[["content-type", "application/json"]])),
+    ]),
+    "embeddings_base64.md": ("embedding", "POST /v1/embeddings", [
+        ({"model": "text-embedding-3-small", "input": "hello", "dimensions": 8,
+          "encoding_format": "base64"},
+         {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": B64_VECTOR}],
+          "model": "text-embedding-3-small", "usage": {"prompt_tokens": 1, "total_tokens": 1}},
+         None, _rmeta()),
+    ]),
+}
+
+
+def form_golden(name: str) -> tuple[str, list[forms.Capture]]:
+    form, endpoint, turns = FORM_GOLDEN[name]
+    caps = [forms.capture(form, rq, rs, ev, meta) for rq, rs, ev, meta in turns]
+    assert all(c is not None for c in caps), name
+    return sf.render_form(form, endpoint, caps[0].params, [c.turn for c in caps]), caps
+
+
+# Written by hand; read, never rendered: name -> [(request, reply object)] of each exchange
+HAND_WRITTEN_FORMS: dict[str, list[tuple[dict, dict]]] = {
+    "responses_hand_written.md": [
+        ({"model": "gpt-4o", "input": "Hello?"}, {"id": "resp_hand_1", "output_text": "Hi!"}),
+        ({"model": "gpt-4o", "previous_response_id": "resp_hand_1",
+          "input": [{"role": "user", "content": "Weather in Paris?"}]},
+         {"output_text": "", "call": ("get_weather", '{"city": "Paris"}')}),
+    ],
+    "embeddings_hand_written.md": [
+        ({"model": "e", "input": "cat"}, {"vectors": [[0.5, -1.25]]}),
+        ({"model": "e", "input": ["a", "b"]}, {"vectors": [[1.0, 0.0], [0.0, 1.0]]}),
+    ],
 }
 
 # Written by hand; read, never rendered. name -> (params, messages, endpoint)
@@ -247,7 +435,8 @@ HAND_WRITTEN: dict[str, tuple[dict, list]] = {
 
 
 def test_golden_files_are_all_listed():
-    listed = set(CHAT_GOLDEN) | set(GENERIC_GOLDEN) | set(HAND_WRITTEN)
+    listed = (set(CHAT_GOLDEN) | set(GENERIC_GOLDEN) | set(HAND_WRITTEN) | set(FORM_GOLDEN)
+              | set(HAND_WRITTEN_FORMS))
     assert {p.name for p in SAMPLES.glob("*.md")} == listed
 
 
@@ -262,19 +451,48 @@ def test_chat_golden_file_is_rendered_exactly(name):
 
 @pytest.mark.parametrize("name", sorted(GENERIC_GOLDEN))
 def test_generic_golden_file_is_rendered_exactly(name):
-    endpoint, exchanges = GENERIC_GOLDEN[name]
-    text = sf.render_generic(endpoint, exchanges)
+    endpoint, exchanges, *blob_min = GENERIC_GOLDEN[name]
+    blobs: dict[str, bytes] = {}
+    text = sf.render_generic(endpoint, exchanges, blobs, *blob_min)
+    if UPDATE_GOLDEN:
+        (SAMPLES / name).write_text(text, encoding="utf-8", newline="")
+        for sha, data in blobs.items():
+            sf.write_blob(str(SAMPLES), sha, data)
+    assert (SAMPLES / name).read_text(encoding="utf-8") == text
+    for sha, data in blobs.items():
+        assert (SAMPLES / "blobs" / sha).read_bytes() == data
+
+
+@pytest.mark.parametrize("name", sorted(FORM_GOLDEN))
+def test_form_golden_file_is_rendered_exactly(name):
+    text, _ = form_golden(name)
     if UPDATE_GOLDEN:
         (SAMPLES / name).write_text(text, encoding="utf-8", newline="")
     assert (SAMPLES / name).read_text(encoding="utf-8") == text
 
 
+@pytest.mark.parametrize("line_end", ["\n", "\r\n"])
+@pytest.mark.parametrize("name", sorted(FORM_GOLDEN))
+def test_form_golden_file_parses_back(name, line_end):
+    form, endpoint, _ = FORM_GOLDEN[name]
+    _, caps = form_golden(name)
+    text = (SAMPLES / name).read_text(encoding="utf-8")
+    s = sf.parse(text.replace("\n", line_end), str(SAMPLES / name))
+    assert (s.kind, s.form, s.endpoint, s.params) == ("generic", form, endpoint, caps[0].params)
+    assert len(s.exchanges) == len(caps)
+    for ex, cap in zip(s.exchanges, caps):
+        assert forms.matches(form, ex.request, ex.answer, cap)
+        assert ex.meta == cap.turn.meta
+    starts = [i + 1 for i, ln in enumerate(text.split("\n")) if ln.startswith("## request")]
+    assert [ex.line for ex in s.exchanges] == starts
+
+
 def _heading_lines(text: str) -> list[int]:
-    # 1-based lines of the `### ` headings outside <blockquote> blocks
+    # 1-based lines of the `### ` message headings outside <blockquote> blocks (not choices)
     out, inside = [], False
     for i, ln in enumerate(text.split("\n"), 1):
         inside = (inside or ln == "<blockquote>") and ln != "</blockquote>"
-        if not inside and ln.startswith("### "):
+        if not inside and ln.startswith("### ") and " choice=" not in ln:
             out.append(i)
     return out
 
@@ -295,9 +513,9 @@ def test_chat_golden_file_parses_back(name, line_end):
 @pytest.mark.parametrize("line_end", ["\n", "\r\n"])
 @pytest.mark.parametrize("name", sorted(GENERIC_GOLDEN))
 def test_generic_golden_file_parses_back(name, line_end):
-    endpoint, exchanges = GENERIC_GOLDEN[name]
+    endpoint, exchanges, *_ = GENERIC_GOLDEN[name]
     text = (SAMPLES / name).read_text(encoding="utf-8")
-    s = sf.parse(text.replace("\n", line_end), name)
+    s = sf.parse(text.replace("\n", line_end), str(SAMPLES / name))  # blobs/ is beside it
     assert (s.kind, s.endpoint) == ("generic", endpoint)
     assert [(e.request_body, e.status, e.body, e.meta) for e in s.exchanges] == \
         [(e.request_body, e.status, e.body, e.meta) for e in exchanges]
@@ -313,6 +531,57 @@ def test_hand_written_file_parses(name, line_end):
     s = sf.parse(text.replace("\n", line_end), name)
     assert s.kind == "chat" and s.params == params and s.responses == {}
     assert s.messages == messages
+
+
+@pytest.mark.parametrize("name", sorted(FORM_GOLDEN))
+def test_every_exchange_of_a_form_golden_file_answers_its_request(name):
+    from rechat import answers
+    store = Store([str(SAMPLES)])
+    store.load()
+    form, endpoint, turns = FORM_GOLDEN[name]
+    for rq, rs, ev, _ in turns:
+        for stream in (False, True):
+            req = Request("POST", endpoint.split()[1], body=json.dumps(
+                {**rq, "stream": stream, "user": "u"}).encode())
+            hit = store.lookup(req, play=False)
+            assert hit is not None and hit.answer.session == str(SAMPLES / name)
+            if stream and form == "embedding":
+                continue
+            reply = answers.generic_reply(hit.answer, req)
+            if not stream:
+                want = rs if rs is not None else (
+                    forms.rs.assemble([json.loads(e) for e in ev]) if form == "responses" else
+                    forms.cc.assemble_text([json.loads(e) for e in ev if e != "[DONE]"]))
+                assert forms.same(json.loads(reply.body), want)
+            elif ev is not None:  # a recorded stream replays as recorded
+                assert reply.events == [sf.forms.encode_event(
+                    e, json.loads(e)["type"] if form == "responses" else None) for e in ev]
+
+
+@pytest.mark.parametrize("name", sorted(HAND_WRITTEN_FORMS))
+def test_hand_written_form_file_answers_its_requests(name):
+    from rechat import answers
+    store = Store([str(SAMPLES)])
+    store.load()
+    assert store.errors == {}
+    path = "/v1/responses" if name.startswith("responses") else "/v1/embeddings"
+    for request, want in HAND_WRITTEN_FORMS[name]:
+        req = Request("POST", path, body=json.dumps(request).encode())
+        hit = store.lookup(req, play=False)
+        assert hit is not None and hit.answer.session == str(SAMPLES / name), request
+        obj = json.loads(answers.generic_reply(hit.answer, req).body)
+        if "vectors" in want:
+            assert [d["embedding"] for d in obj["data"]] == want["vectors"]
+            assert obj["object"] == "list" and obj["model"] == "e"
+            continue
+        assert obj["object"] == "response" and obj["status"] == "completed"
+        assert obj["id"] == want.get("id", obj["id"]) and obj["id"].startswith("resp_")
+        texts = [p["text"] for i in obj["output"] if i["type"] == "message" for p in i["content"]]
+        assert "".join(texts) == want["output_text"]
+        if "call" in want:
+            [call] = obj["output"]
+            assert (call["name"], call["arguments"]) == want["call"]
+            assert call["call_id"].startswith("call_rechat_") and call["status"] == "completed"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1029,7 +1298,8 @@ def test_every_assistant_section_of_the_golden_files_answers_the_request_above_i
                 hit = store.lookup(_req(messages[:i], **params, stream=True, user="u"), play=False)
                 assert hit is not None and hit.answer.message == m, (name, i)
                 count += 1
-    assert count == store.answer_count - sum(len(x) for _, x in GENERIC_GOLDEN.values())
+    assert count == store.answer_count - sum(len(x[1]) for x in GENERIC_GOLDEN.values()) - sum(
+        len(x[2]) for x in FORM_GOLDEN.values()) - sum(len(x) for x in HAND_WRITTEN_FORMS.values())
 
 
 def test_a_missing_parameter_matches_any_value(tmp_path):

@@ -1,0 +1,111 @@
+"""What routing and rewriting cost over plain forwarding, side by side (issue 5's target: <= 5%).
+
+One run starts, each as its own process on 127.0.0.1 (free ports), all stopped at the end:
+
+    bare      bench_proxy.py's minimal aiohttp upstream (fixed chat completion, or 17 SSE events)
+    plain     `rechat passthrough BARE/v1`: forwarding only
+    gateway   `rechat passthrough BARE/v1::gpt-4o-mini BARE2/v1::other --model-map ...
+              --think strip`: routing by model among two upstreams, a model renamed (and
+              restored in the answer), the reasoning rewrite over JSON and SSE answers
+
+Both rechat processes run lean (`--no-ui --no-dump`) so that only routing and rewriting
+differ. Rounds alternate plain and gateway; each phase is a warm-up, then at most
+`--requests` requests and `--seconds` seconds, one connection (latency) and 16 (throughput).
+Prints req/s, p50 and server CPU per request, and the ratios gateway/plain (median of
+per-round values) against the target.
+
+    .venv/bin/python bench/bench_gateway.py [--quick]
+
+Exits 0 whatever the figures (a measurement), 1 when the bench itself failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_proxy as bp  # noqa: E402
+
+TARGET = 1.05  # gateway p50 and CPU per request at most 5% above plain forwarding
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--seconds", type=float, default=6.0)
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.requests, args.seconds = 1, 600, 2.0
+    tmp = tempfile.mkdtemp(prefix="rechat-bench-gw-")
+    servers: list[bp.Server] = []
+    try:
+        ports = {n: bp.free_port() for n in ("bare", "bare2", "plain", "gateway")}
+        for name in ("bare", "bare2"):
+            servers.append(bp.Server(name, [bp.PY, os.path.join(os.path.dirname(__file__),
+                                                                 "bench_proxy.py"),
+                                            "--bare-server", str(ports[name])],
+                                     ports[name], tmp).start())
+        up, up2 = (f"http://{bp.HOST}:{ports[n]}/v1" for n in ("bare", "bare2"))
+        lean = ["--no-ui", "--no-dump", "--quiet", "--sessions", os.path.join(tmp, "s")]
+        plain = bp.Server("plain", bp.RECHAT + ["passthrough", up, "--port", str(ports["plain"]),
+                                                *lean], ports["plain"], tmp).start()
+        gateway = bp.Server("gateway", bp.RECHAT + [
+            "passthrough", f"{up}::gpt-4o-mini,llama3", f"{up2}::other", "--port",
+            str(ports["gateway"]), "--model-map", '{"/gpt-4o-.*/": "llama3"}', "--served-model",
+            "--think", "strip", *lean], ports["gateway"], tmp).start()
+        servers += [plain, gateway]
+        results: dict[tuple, list] = {}
+        for rnd in range(args.rounds):
+            for stream in (False, True):
+                for conc in (1, 16):
+                    for srv in (plain, gateway):
+                        body = dict(bp.REQUEST, stream=True) if stream else bp.REQUEST
+                        raw = bp.build_request(srv.port, body)
+                        asyncio.run(bp.load(srv.port, raw, conc, 200, 2.0))  # warm-up
+                        c0 = srv.cpu_ms()
+                        ph = asyncio.run(bp.load(srv.port, raw, conc, args.requests, args.seconds))
+                        ph.cpu_ms = srv.cpu_ms() - c0
+                        if ph.errors:
+                            raise RuntimeError(f"{srv.name}: {ph.errors} failed requests")
+                        results.setdefault((srv.name, stream, conc), []).append(ph)
+                        print(f"  round {rnd + 1}/{args.rounds} {srv.name:8} stream={stream!s:5} "
+                              f"c={conc:<3} {ph.rps:7.0f} req/s  p50 {ph.pct(0.5):.3f} ms  "
+                              f"{ph.cpu_us_per_req:5.0f} us CPU/req", flush=True)
+        print(f"\n| shape | plain req/s | gateway req/s | plain p50 ms | gateway p50 ms | "
+              f"gateway/plain CPU per request |")
+        print("|---|---|---|---|---|---|")
+        verdicts = []
+        for stream in (False, True):
+            for conc in (1, 16):
+                p, g = results[("plain", stream, conc)], results[("gateway", stream, conc)]
+                cpu = statistics.median(b.cpu_us_per_req / a.cpu_us_per_req for a, b in zip(p, g))
+                lat = statistics.median(b.pct(0.5) / a.pct(0.5) for a, b in zip(p, g))
+                shape = f"{'stream' if stream else 'json'}, c={conc}"
+                print(f"| {shape} | {statistics.median(x.rps for x in p):.0f} | "
+                      f"{statistics.median(x.rps for x in g):.0f} | "
+                      f"{statistics.median(x.pct(0.5) for x in p):.3f} | "
+                      f"{statistics.median(x.pct(0.5) for x in g):.3f} | {cpu:.3f} |")
+                verdicts.append((shape, lat if conc == 1 else cpu))
+        print()
+        for shape, ratio in verdicts:
+            what = "p50 latency" if shape.endswith("c=1") else "CPU per request"
+            print(f"gateway / plain {what}, {shape}: {ratio:.3f}  target <= {TARGET}  "
+                  f"{'PASS' if ratio <= TARGET else 'FAIL'}")
+        return 0
+    except Exception as e:  # the bench itself failed
+        print(f"bench failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for s in servers:
+            s.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
