@@ -15,6 +15,15 @@ from typing import Any
 CHAT_PATH = "/v1/chat/completions"
 
 
+def header(headers: list[tuple[str, str]], name: str, default: str | None = None) -> str | None:
+    """Return the first of `headers` called `name` (case-insensitive), or `default`."""
+    name = name.lower()
+    for k, v in headers:
+        if k.lower() == name:
+            return v
+    return default
+
+
 @dataclass(slots=True)
 class Request:
     """One HTTP request as the client sent it.
@@ -53,11 +62,7 @@ class Request:
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """Return the first header called `name` (case-insensitive), or `default`."""
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return default
+        return header(self.headers, name, default)
 
     @property
     def is_chat(self) -> bool:
@@ -92,11 +97,7 @@ class Response:
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """Return the first header called `name` (case-insensitive), or `default`."""
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return default
+        return header(self.headers, name, default)
 
     @property
     def json(self) -> Any:

@@ -191,22 +191,26 @@ class FakeUpstream:
 
     # lifecycle ----------------------------------------------------------------------------
 
+    def routes(self, app: web.Application) -> None:
+        """Add this fake's handlers to `app` (subclasses add or replace their own)."""
+        p = self.prefix
+        app.router.add_post(p + "/chat/completions", self.chat)
+        app.router.add_post(p + "/embeddings", self.embeddings)
+        app.router.add_get(p + "/models", self.models)
+        app.router.add_post(p + "/audio/speech", self.speech)
+        app.router.add_post("/api/chat", self.ollama_chat)
+        app.router.add_post("/api/generate", self.ollama_generate)
+        app.router.add_get("/api/tags", self.ollama_tags)
+        app.router.add_get("/api/version", self.ollama_version)
+
     def start(self) -> "FakeUpstream":
         ready = threading.Event()
 
         def run() -> None:
             loop = asyncio.new_event_loop()
             self._loop = loop
-            app = web.Application()
-            p = self.prefix
-            app.router.add_post(p + "/chat/completions", self.chat)
-            app.router.add_post(p + "/embeddings", self.embeddings)
-            app.router.add_get(p + "/models", self.models)
-            app.router.add_post(p + "/audio/speech", self.speech)
-            app.router.add_post("/api/chat", self.ollama_chat)
-            app.router.add_post("/api/generate", self.ollama_generate)
-            app.router.add_get("/api/tags", self.ollama_tags)
-            app.router.add_get("/api/version", self.ollama_version)
+            app = web.Application(client_max_size=1 << 30)
+            self.routes(app)
             self._runner = web.AppRunner(app, access_log=None)
             loop.run_until_complete(self._runner.setup())
             loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())

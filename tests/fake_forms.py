@@ -223,28 +223,11 @@ class FormsUpstream(FakeUpstream):
 
     # lifecycle ---------------------------------------------------------------------------------
 
-    def start(self) -> "FormsUpstream":
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            app = web.Application(client_max_size=1 << 30)
-            p = self.prefix
-            app.router.add_post(p + "/chat/completions", self.chat_n)
-            app.router.add_post(p + "/embeddings", self.embeddings_b64)
-            app.router.add_post(p + "/responses", self.responses)
-            app.router.add_post(p + "/completions", self.completions)
-            app.router.add_post(p + "/audio/transcriptions", self.transcriptions)
-            self._runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(self._runner.setup())
-            loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        assert ready.wait(10), "fake upstream did not start"
-        return self
+    def routes(self, app: web.Application) -> None:
+        """Only the endpoints of the forms (chat with n > 1, embeddings, responses, ...)."""
+        p = self.prefix
+        app.router.add_post(p + "/chat/completions", self.chat_n)
+        app.router.add_post(p + "/embeddings", self.embeddings_b64)
+        app.router.add_post(p + "/responses", self.responses)
+        app.router.add_post(p + "/completions", self.completions)
+        app.router.add_post(p + "/audio/transcriptions", self.transcriptions)
