@@ -9,12 +9,10 @@ make itself.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
 import struct
-import threading
 
 from aiohttp import web
 
