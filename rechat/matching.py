@@ -29,12 +29,18 @@ from rechat import sessionfile as sf
 
 @dataclass(slots=True)
 class Nearest:
-    """The recorded request most like a missed one: its file, answer line and similarity (0..1)."""
+    """The recorded request most like a missed one: its file, answer line and similarity (0..1).
+
+    `text` is the recorded request in markdown; `compared` the missed one as it was compared
+    with it (only the parameters the recording's front matter names), so that
+    ``diff(text, compared)`` shows exactly what kept it from matching.
+    """
 
     file: str
     line: int
     similarity: float
     text: str
+    compared: str = ""
 
 
 _WORD = re.compile(r"\w+")
@@ -122,10 +128,10 @@ def nearest(params: dict, messages: list,
     best: Nearest | None = None
     for f, p, ms, line in candidates:
         t = request_text(p, ms)
-        seen = {k: v for k, v in params.items() if k in p}
-        score = fuzz.ratio(request_text(seen, messages), t) / 100.0
+        mine = request_text({k: v for k, v in params.items() if k in p}, messages)
+        score = fuzz.ratio(mine, t) / 100.0
         if best is None or score > best.similarity:
-            best = Nearest(f, line, score, t)
+            best = Nearest(f, line, score, t, mine)
     return best
 
 

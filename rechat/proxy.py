@@ -29,8 +29,7 @@ from aiohttp import web
 from rechat import answers
 from rechat.errors import UpstreamError, UpstreamTimeout, error_body
 from rechat.exchange import Answer, Exchange, Request, Response
-from rechat.fingerprint import request_params
-from rechat.matching import diff, request_text
+from rechat.matching import diff
 from rechat.policy import Action, Mode, decide, looks_up, records
 from rechat.sse import SSEParser
 from rechat.store import Store
@@ -405,9 +404,8 @@ def _transform_reply(reply: answers.Reply, transforms: list) -> answers.Reply:
 
 def _miss_info(req: Request, near) -> dict:
     # What a miss event carries about the nearest recorded request: its similarity and the diff.
-    mine = request_text({k: v for k, v in request_params(req.json).items()}, req.json["messages"])
     return {"similarity": near.similarity, "nearest_file": near.file, "nearest_line": near.line,
-            "diff": diff(near.text, mine, f"{near.file}:{near.line}", "this request")}
+            "diff": diff(near.text, near.compared, f"{near.file}:{near.line}", "this request")}
 
 
 def _delays(answer: Answer, reply: answers.Reply, factor: float) -> list[float]:

@@ -45,7 +45,7 @@ from rechat import __version__, answers, render
 from rechat.exchange import Answer, Exchange, Request, Response
 from rechat.fingerprint import request_params
 from rechat.logdb import KINDS, LogError, RequestLog
-from rechat.matching import NearIndex, diff, nearest, request_text
+from rechat.matching import NearIndex, diff, nearest
 from rechat.sse import SSEParser
 
 log = logging.getLogger("rechat")
@@ -464,11 +464,8 @@ class WebUI:
             near = data
         if near is None:
             return None
-        entry = self.store.files.get(near.file)
-        near_params = entry.session.params if entry is not None else {}
-        seen = {k: v for k, v in params.items() if k in near_params}
         name = self._name_of(near.file)
-        lines = diff(near.text, request_text(seen, messages), f"{name}:{near.line}", "this request")
+        lines = diff(near.text, near.compared, f"{name}:{near.line}", "this request")
         return {"session": near.file, "name": name, "line": near.line,
                 "exchange": self._answer_index(near.file, near.line),
                 "similarity": round(near.similarity, 4), "diff": lines,
