@@ -48,6 +48,7 @@ import base64
 import glob
 import json
 import logging
+import math
 import os
 import queue
 import threading
@@ -209,6 +210,126 @@ def encode_line(kind: str, request: Request, response: Response | None, *, id: i
     return json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
+_js = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+"""JSON text of a value, as `encode_line` writes it (one encoder: json.dumps with options
+builds a new JSONEncoder on every call)."""
+
+
+class LineEncoder:
+    """`encode_line` for `ProxyEvent`s, with what repeats from request to request encoded once.
+
+    Returns exactly the text `encode_line` returns (tests compare them), but keeps the JSON of
+    the parts that come back again and again: a client's header list, a request body sent
+    many times, and the whole ``response`` object of a replay (the proxy hands every replay of
+    one answer the same reply objects, so it is keyed by their identity and cannot go stale).
+    Each cache holds at most `limit` entries and is cleared when full; bodies over 64 KiB are
+    not cached. Not thread-safe: one encoder per writer thread.
+    """
+
+    def __init__(self, limit: int = 1024) -> None:
+        self.limit = limit
+        self._headers: dict[tuple, str] = {}
+        self._bodies: dict[bytes, str] = {}
+        self._strings: dict[str, str] = {}
+        self._replies: dict[tuple, tuple[Response, str]] = {}
+        self._second = (-1, "")
+
+    def line(self, kind: str, request: Request, response: Response | None, *, id: int = 0,
+             at: float = 0.0, ms: float = 0.0, client: str = "", upstream: str | None = None,
+             session: str | None = None, detail: str = "", complete: bool = True) -> str:
+        """Return the dump line for one finished request: the arguments of `encode_line`."""
+        parts = ['{"v":', str(VERSION), ',"id":', str(id) if type(id) is int else _js(id), ',"at":"', self._iso(at or time.time()),
+                 '","kind":', self._str(kind), ',"ms":',
+                 repr(ms) if type(ms) is float and math.isfinite(ms) else _js(ms),
+                 ',"client":', self._str(client),
+                 ',"upstream":', self._upstream(upstream) if upstream else "null",
+                 ',"session":', "null" if session is None else self._str(session)]
+        if detail:
+            parts += (',"detail":', _js(detail))
+        parts += (',"request":{"method":', self._str(request.method), ',"path":',
+                  self._str(request.path), ',"query":', self._query(request.query),
+                  ',"headers":', self._header_list(request.headers), ",", self._body(request.body),
+                  '},"response":', self._response(response, complete), "}\n")
+        return "".join(parts)
+
+    def _iso(self, at: float) -> str:
+        ms = round(at * 1000)
+        sec, frac = divmod(ms, 1000)
+        if sec != self._second[0]:
+            self._second = (sec, iso(sec))  # "YYYY-MM-DDTHH:MM:SS.000+00:00"
+        text = self._second[1]
+        return f"{text[:20]}{frac:03d}{text[23:]}"
+
+    def _upstream(self, url: str) -> str:
+        got = self._strings.get("\0" + url)  # a key no JSON text can be: never mixed up
+        if got is None:
+            if len(self._strings) >= self.limit:
+                self._strings.clear()
+            got = self._strings["\0" + url] = _js(strip_userinfo(url))
+        return got
+
+    def _query(self, query: str) -> str:
+        if not query:
+            return '""'
+        got = self._strings.get("\1" + query)
+        if got is None:
+            if len(self._strings) >= self.limit:
+                self._strings.clear()
+            got = self._strings["\1" + query] = _js(clean_query(query))
+        return got
+
+    def _str(self, value: str) -> str:
+        got = self._strings.get(value)
+        if got is None:
+            if len(self._strings) >= self.limit:
+                self._strings.clear()
+            got = self._strings[value] = _js(value)
+        return got
+
+    def _header_list(self, headers) -> str:
+        key = tuple(headers)
+        got = self._headers.get(key)
+        if got is None:
+            if len(self._headers) >= self.limit:
+                self._headers.clear()
+            got = self._headers[key] = _js(_headers(headers))
+        return got
+
+    def _body(self, body: bytes) -> str:
+        got = self._bodies.get(body)
+        if got is None:
+            obj: dict[str, Any] = {}
+            _body(obj, body)
+            (k, v), = obj.items()
+            got = f'"{k}":{_js(v)}'
+            if len(body) <= 1 << 16:
+                if len(self._bodies) >= self.limit:
+                    self._bodies.clear()
+                self._bodies[body] = got
+        return got
+
+    def _response(self, resp: Response | None, complete: bool) -> str:
+        if resp is None:
+            return "null"
+        # A replay's response carries no timing (rechat's own); a forwarded one always does.
+        cacheable = not resp.ttfb_ms and not resp.total_ms and resp.event_ms is None
+        key = (id(resp.body), id(resp.headers), id(resp.events), resp.status, complete,
+               resp.ttfb_ms, resp.total_ms)
+        if cacheable:
+            got = self._replies.get(key)
+            if got is not None:
+                old = got[0]
+                if (old.body is resp.body and old.headers is resp.headers
+                        and old.events is resp.events):
+                    return got[1]
+        text = _js(encode_response(resp, complete))
+        if cacheable:
+            if len(self._replies) >= self.limit:
+                self._replies.clear()
+            self._replies[key] = (resp, text)  # holds the objects, so their ids stay theirs
+        return text
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing
 
@@ -233,12 +354,19 @@ def default_path(folder: str = ".", now: float | None = None) -> str:
 
 _STOP = object()
 
+INLINE_BYTES = 1 << 16
+"""Bodies (request and response, bytes) up to which the event loop encodes a line itself."""
+
 
 class DumpWriter:
     """Appends one line per finished request to the dump at `path`, from a background thread.
 
-    ``DumpWriter(path).attach(proxy)`` subscribes to the proxy's events; the callback only puts
-    the event on a queue, so the event loop never waits for JSON encoding or the disk. The
+    ``DumpWriter(path).attach(proxy)`` subscribes to the proxy's events. The callback encodes
+    the line of a small exchange (at most `INLINE_BYTES` of bodies) on the spot, a few µs since
+    `LineEncoder` keeps what repeats, and queues the text; a bigger one is queued as it is and
+    encoded by the thread. So the event loop never waits for the disk or for a large body, and
+    the queue holds text rather than parsed requests (objects that would outlive the garbage
+    collector's young generation while a batch gathers and make every collection dearer). The
     file (and its folder) is created on the first line, so a run that handles no request leaves
     no dump behind. `close()` (or ``await aclose()``) writes what is queued, fsyncs and stops the
     thread; events arriving after it are dropped. A write that fails (disk full) is logged once
@@ -257,6 +385,8 @@ class DumpWriter:
         self._closed = False
         self._failed = False
         self._lock = threading.Lock()
+        self._encoder = LineEncoder()  # the thread's
+        self._inline = LineEncoder()  # the event loop's
         self._thread = threading.Thread(target=self._run, name="rechat-dump", daemon=True)
         self._thread.start()
 
@@ -267,8 +397,17 @@ class DumpWriter:
 
     def on_event(self, event: Any) -> None:
         """Queue a `ProxyEvent` for writing (every kind but "start"). Never blocks, never raises."""
-        if event.kind != "start" and not self._closed:
-            self._queue.put(event)
+        if event.kind == "start" or self._closed:
+            return
+        resp = event.response
+        size = len(event.request.body) + (len(resp.body) if resp is not None else 0)
+        if size > INLINE_BYTES or (event.kind == "replay" and resp is not None and not resp.body):
+            self._queue.put(event)  # large, or a replay whose body must be rebuilt: the thread
+            return
+        try:
+            self._queue.put(self._line(event, self._inline))
+        except Exception:  # one odd exchange must not stop the dump, nor reach the proxy
+            log.exception("dump: could not encode an exchange")
 
     def write_exchange(self, kind: str, exchange: Exchange, **fields: Any) -> None:
         """Queue a line for `exchange` directly (tests, imports); `fields` as in `encode_line`."""
@@ -317,7 +456,7 @@ class DumpWriter:
                 if i is _STOP:
                     continue
                 try:
-                    lines.append(self._encode(i))
+                    lines.append(i if isinstance(i, str) else self._encode(i))
                 except Exception:  # one odd exchange must not stop the dump
                     log.exception("dump: could not encode an exchange")
             if lines:
@@ -331,11 +470,13 @@ class DumpWriter:
             fields.setdefault("upstream", ex.upstream or None)
             fields.setdefault("at", ex.recorded_at)
             return encode_line(kind, ex.request, ex.response, **fields)
-        ev = item
+        return self._line(item, self._encoder)
+
+    def _line(self, ev: Any, encoder: LineEncoder) -> str:
         resp = ev.response
         if ev.kind == "replay" and resp is not None and not resp.body and ev.answer is not None:
             resp = _replayed(ev)
-        return encode_line(
+        return encoder.line(
             ev.kind, ev.request, resp, id=ev.id, at=ev.started_at, ms=ev.ms, client=ev.client,
             upstream=self._upstream_of(ev), session=ev.file, detail=ev.detail,
             complete=not (ev.kind in ANSWER_KINDS and ev.detail == "upstream stream broke off"))

@@ -365,6 +365,53 @@ def test_encode_then_decode_is_lossless(method, path, body, status, headers, eve
     assert e.at == pytest.approx(at or e.at, abs=5e-4) and (e.id, e.ms) == (9, 3.5)
 
 
+_SSE_HEADERS = [("Content-Type", "text/event-stream")]
+
+
+@settings(max_examples=150, deadline=None)
+@given(kind=st.sampled_from(["replay", "record", "miss", "error"]), body=st.binary(max_size=64) | _text.map(str.encode),
+       headers=st.lists(st.tuples(st.sampled_from(["Content-Type", "Authorization", "X-Req"]), _text),
+                        max_size=3),
+       query=st.sampled_from(["", "a=1", f"api-key={SECRET}&b=2"]),
+       answer=st.none() | st.tuples(st.integers(100, 599), st.booleans(), _text),
+       timing=st.none() | st.floats(0, 1e6), at=st.floats(1, 4e9), ms=st.floats(0, 1e6),
+       session=st.none() | _text, detail=_text, upstream=st.none() | st.just(f"https://u:{SECRET}@h/v1"))
+def test_the_line_encoder_writes_what_encode_line_writes(kind, body, headers, query, answer, timing,
+                                                          at, ms, session, detail, upstream):
+    # The writer's encoder caches what repeats; twice over the same objects (a cache hit for a
+    # replay's response, whose objects the proxy reuses) and once over equal copies.
+    resp = None
+    if answer is not None:
+        status, sse, text = answer
+        data = (f"data: {json.dumps(text)}\n\ndata: [DONE]\n\n" if sse else text).encode()
+        resp = Response(status, _SSE_HEADERS if sse else headers, data,
+                        ttfb_ms=timing, total_ms=None if timing is None else timing * 2)
+    req = Request("POST", "/v1/chat/completions", query, headers, body)
+    kw = dict(id=7, at=at, ms=ms, client="127.0.0.1", upstream=upstream, session=session,
+              detail=detail, complete=kind != "error")
+    want = dump.encode_line(kind, req, resp, **kw)
+    enc = dump.LineEncoder()
+    assert enc.line(kind, req, resp, **kw) == want
+    assert enc.line(kind, req, resp, **kw) == want
+    copy = None if resp is None else Response(resp.status, list(resp.headers), bytes(resp.body),
+                                              ttfb_ms=resp.ttfb_ms, total_ms=resp.total_ms)
+    assert enc.line(kind, Request("POST", "/v1/chat/completions", query, list(headers), bytes(body)),
+                    copy, **kw) == want
+    assert SECRET not in want
+
+
+def test_the_line_encoder_never_serves_a_stale_response():
+    enc = dump.LineEncoder()
+    req = Request("POST", "/v1/x", "", [], b"{}")
+    first = enc.line("replay", req, Response(200, [], b'{"a": 1}'), at=1.0)
+    # A new body object (an edited answer) may reuse a freed object's id: never the old text.
+    for i in range(50):
+        body = f'{{"a": {i + 2}}}'.encode()
+        assert enc.line("replay", req, Response(200, [], body), at=1.0) == dump.encode_line(
+            "replay", req, Response(200, [], body), at=1.0)
+    assert '{\\"a\\": 1}' in first
+
+
 def test_the_example_line_in_the_docs_is_a_valid_dump_line():
     doc = (Path(__file__).resolve().parent.parent / "docs" / "recordings.md").read_text()
     block = doc.split("<!-- dump example -->\n```json\n", 1)[1].split("```", 1)[0]
