@@ -289,6 +289,10 @@ class ModelRestore:
     def __init__(self, asked: str) -> None:
         self.asked = asked
         self._asked_raw = _encode(asked)
+        # (bytes up to the end of a model value already located, the same renamed): the
+        # chunks of one stream start alike, so the next one starting with the same bytes has
+        # its model at the same place.
+        self._memo: tuple[bytes, bytes] | None = None
 
     def feed(self, obj: dict) -> list[dict]:
         """Return ``[obj with model = asked]``."""
@@ -303,6 +307,12 @@ class ModelRestore:
         """Return the JSON bytes of `feed`'s result for the object encoded as `raw`: `raw`
         itself when unchanged, else `raw` with only the model's value replaced; None when the
         bytes do not say (see `_model_span`): decode and `feed` instead. Stateless."""
+        memo = self._memo
+        if memo is not None and raw.startswith(memo[0]):
+            n = len(memo[0])
+            if (raw.find(_KEY, n) < 0 and raw.find(b"\\u", n) < 0
+                    and raw.rstrip(_WS)[-1:] == b"}"):
+                return raw if memo[1] is memo[0] else memo[1] + raw[n:]
         span = _model_span(raw)
         if span is None:
             return None
@@ -310,8 +320,24 @@ class ModelRestore:
             return raw
         start, end = span
         if raw[start:end + 1] == self._asked_raw:
+            self._memo = (raw[:end + 1],) * 2
             return raw
+        self._memo = (raw[:end + 1], raw[:start] + self._asked_raw)
         return raw[:start] + self._asked_raw + raw[end + 1:]
+
+    def feed_raw_events(self, events: bytes, count: int) -> bytes | None:
+        """`feed_raw` over `count` whole SSE events ``data: X\\n\\n`` side by side, in one go:
+        the events with every X renamed, when each X starts with the bytes of a chunk already
+        renamed and holds no other ``"model"``; else None (take them one by one)."""
+        memo = self._memo
+        if memo is None:
+            return None
+        old = b"data: " + memo[0]
+        if (events.count(old) != count or events.count(_KEY) != count or b"\\u" in events
+                or events.count(b"}\n\ndata: ") != count - 1 or not events.endswith(b"}\n\n")):
+            return None
+        # `old` ends inside JSON (unescaped quotes), so it occurs only where an event starts.
+        return events if memo[1] is memo[0] else events.replace(old, b"data: " + memo[1])
 
     def end(self) -> list[dict]:
         """Return [] (nothing is held)."""

@@ -25,7 +25,8 @@ The object-transform protocol (duck-typed, so that modules need not import each 
 mutate their input. Optional byte-level shortcuts, which spare decoding and re-encoding:
 ``passes(raw, whole) -> bool`` (True: every object in the JSON bytes `raw` passes unchanged)
 and ``feed_raw(raw, whole) -> bytes | None`` (the JSON bytes `feed` would turn the one object
-`raw` into, as a single object and without any change of state; None: decode and `feed`).
+`raw` into, as a single object and without any change of state; None: decode and `feed`), and
+``feed_raw_events(events, count) -> bytes | None``, the same over several whole SSE events.
 
 Default patterns are the OSS relay's (seed: openai-oss-relay-README.md, `ReplacementConfig`).
 """
@@ -297,7 +298,7 @@ class ThinkTransform:
         (`whole` False), every rewriter is idle: outside any block, past the start of its text,
         holding nothing. Conservative: False only means "decode and see".
         """
-        if not self.active:
+        if self.mode is ThinkMode.KEEP:
             return True
         if b"\\u" in raw:
             return False
@@ -470,6 +471,18 @@ def _chain_raw(transforms: Sequence[ObjectTransform], raw: bytes,
     return raw
 
 
+def _raw_events_of(t: ObjectTransform):
+    """Return ``f(events, count) -> bytes | None``: `t`'s `feed_raw_events`, else its `passes`
+    over the whole events (None: take them one by one), else a function that always declines."""
+    many = getattr(t, "feed_raw_events", None)
+    if many is not None:
+        return many
+    passes = getattr(t, "passes", None)
+    if passes is None:
+        return lambda events, count: None
+    return lambda events, count: events if passes(events) else None
+
+
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
@@ -524,6 +537,7 @@ class SSEStreamRewriter:
 
     def __init__(self, transforms: Sequence[ObjectTransform]) -> None:
         self.transforms = list(transforms)
+        self._many = [_raw_events_of(t) for t in self.transforms]  # see _feed_events
         self._block: list[bytes] = []  # complete lines of the current block
         self._partial: list[bytes] = []  # an unterminated line, or one ending in CR
         self._first_line = True
@@ -568,8 +582,14 @@ class SSEStreamRewriter:
         self._first_line = False  # data: starts the stream's first line, so no BOM
         if cut < len(data):
             self._partial.append(data[cut:])
-        if b"[DONE]" not in head and _all_pass(self.transforms, head):
-            return head
+        if b"[DONE]" not in head:
+            new = head
+            for many in self._many:
+                new = many(new, count)
+                if new is None:
+                    break
+            else:
+                return new
         out = []
         for value in head[6:-2].split(b"\n\ndata: "):
             if value == b"[DONE]":
