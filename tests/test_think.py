@@ -731,3 +731,23 @@ def test_ndjson_model_rename_at_every_byte_boundary():
     assert {json.loads(x)["model"] for x in whole.splitlines()} == {"gpt-4"}
     for i in range(len(data) + 1):
         assert run([i]) == whole, i
+
+
+def test_sse_several_events_renamed_in_one_go_or_one_by_one():
+    t = lambda: [ThinkTransform("strip"), ModelRestore("gpt-4")]  # noqa: E731
+    obj = lambda c, **kw: {**chunk({"content": c}), "model": "llama3", **kw}  # noqa: E731
+    head = sse([obj("Hi"), obj(" there"), obj(" you")], done=False)
+    tails = [
+        sse([obj(" a"), obj(" b"), obj(" c")]),                                  # all alike
+        sse([obj(" a"), obj(" b", tool={"model": "llama3"}), obj(" c")]),        # a nested model
+        sse([obj(" a"), {**obj(" b"), "id": "other"}, obj(" c", model2=1)]),     # another prefix
+        sse([obj(" a"), obj(" b <think>x</think>"), obj(" c")]),                 # a tag in one
+        sse([obj(" a"), obj(" b").__or__({"model": "gpt-4"}), obj(" c")]),       # already asked
+    ]
+    for tail in tails:
+        ref = [json.loads(e) for e in events(byte_by_byte(head + tail, t())) if e != "[DONE]"]
+        rw = SSEStreamRewriter(t())
+        out = b"".join(rw.feed(p) for p in re.split(b"(?<=\n\n)", head)) + rw.feed(tail) + rw.close()
+        got = [json.loads(e) for e in events(out) if e != "[DONE]"]
+        assert got == ref
+        assert all(o["model"] == "gpt-4" for o in got if isinstance(o, dict))
