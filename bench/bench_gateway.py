@@ -6,13 +6,15 @@ One run starts, each as its own process on 127.0.0.1 (free ports), all stopped a
     plain     `rechat passthrough BARE/v1`: forwarding only
     gateway   `rechat passthrough BARE/v1::gpt-4o-mini BARE2/v1::other --model-map ...
               --think strip`: routing by model among two upstreams, a model renamed (and
-              restored in the answer), the reasoning rewrite over JSON and SSE answers
+              restored in the answer unless `--answer-model served`), the reasoning rewrite
+              over JSON and SSE answers
 
 Both rechat processes run lean (`--no-ui --no-dump`) so that only routing and rewriting
 differ. Rounds alternate plain and gateway; each phase is a warm-up, then at most
 `--requests` requests and `--seconds` seconds, one connection (latency) and 16 (throughput).
-Prints req/s, p50 and server CPU per request, and the ratios gateway/plain (median of
-per-round values) against the target.
+Prints req/s, p50 and server CPU per request, the CPU other processes used meanwhile (in
+cores: noise on a shared machine), and the ratios gateway/plain (median of per-round values)
+against the target.
 
     .venv/bin/python bench/bench_gateway.py [--quick]
 
@@ -27,6 +29,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_proxy as bp  # noqa: E402
@@ -40,6 +43,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--answer-model", choices=("asked", "served"), default="asked",
+                    help="the gateway's answers name the model asked for (rechat's default, "
+                         "a rename per answer object) or the one served (--served-model)")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.requests, args.seconds = 1, 600, 2.0
@@ -58,7 +64,8 @@ def main() -> int:
                                                 *lean], ports["plain"], tmp).start()
         gateway = bp.Server("gateway", bp.RECHAT + [
             "passthrough", f"{up}::gpt-4o-mini,llama3", f"{up2}::other", "--port",
-            str(ports["gateway"]), "--model-map", '{"/gpt-4o-.*/": "llama3"}', "--served-model",
+            str(ports["gateway"]), "--model-map", '{"/gpt-4o-.*/": "llama3"}',
+            "--restore-model" if args.answer_model == "asked" else "--served-model",
             "--think", "strip", *lean], ports["gateway"], tmp).start()
         servers += [plain, gateway]
         results: dict[tuple, list] = {}
@@ -69,15 +76,20 @@ def main() -> int:
                         body = dict(bp.REQUEST, stream=True) if stream else bp.REQUEST
                         raw = bp.build_request(srv.port, body)
                         asyncio.run(bp.load(srv.port, raw, conc, 200, 2.0))  # warm-up
-                        c0 = srv.cpu_ms()
+                        c0, k0 = srv.cpu_ms(), time.process_time()
+                        ours0, sys0 = sum(x.cpu_ms() for x in servers), bp.system_busy_ms()
                         ph = asyncio.run(bp.load(srv.port, raw, conc, args.requests, args.seconds))
                         ph.cpu_ms = srv.cpu_ms() - c0
+                        ph.client_cpu_ms = (time.process_time() - k0) * 1000
+                        ph.other_cpu_ms = (bp.system_busy_ms() - sys0 - ph.client_cpu_ms
+                                           - (sum(x.cpu_ms() for x in servers) - ours0))
                         if ph.errors:
                             raise RuntimeError(f"{srv.name}: {ph.errors} failed requests")
                         results.setdefault((srv.name, stream, conc), []).append(ph)
                         print(f"  round {rnd + 1}/{args.rounds} {srv.name:8} stream={stream!s:5} "
                               f"c={conc:<3} {ph.rps:7.0f} req/s  p50 {ph.pct(0.5):.3f} ms  "
-                              f"{ph.cpu_us_per_req:5.0f} us CPU/req", flush=True)
+                              f"{ph.cpu_us_per_req:5.0f} us CPU/req  other processes "
+                              f"{ph.other_busy:.2f} cores", flush=True)
         print(f"\n| shape | plain req/s | gateway req/s | plain p50 ms | gateway p50 ms | "
               f"gateway/plain CPU per request |")
         print("|---|---|---|---|---|---|")
@@ -93,6 +105,9 @@ def main() -> int:
                       f"{statistics.median(x.pct(0.5) for x in p):.3f} | "
                       f"{statistics.median(x.pct(0.5) for x in g):.3f} | {cpu:.3f} |")
                 verdicts.append((shape, lat if conc == 1 else cpu))
+        other = [ph.other_busy for phs in results.values() for ph in phs]
+        print(f"\nother processes (noise): median {statistics.median(other):.2f} cores, "
+              f"max {max(other):.2f} cores of {os.cpu_count()}")
         print()
         for shape, ratio in verdicts:
             what = "p50 latency" if shape.endswith("c=1") else "CPU per request"

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 
 from rechat.exchange import Request
-from rechat.modelmap import ModelMap, ModelRestore
+from rechat.modelmap import ModelMap, ModelRestore, rewrite_request_bytes
 from rechat.routes import Balancer, Route, auth_headers, check_keys, merge_models
 from rechat.think import ThinkMode, ThinkPatterns, ThinkTransform, no_think
 from rechat.upstream import Upstream
@@ -116,16 +116,21 @@ class Gateway:
         """Return what to send upstream for `req`: the model map and `--no-think` applied.
 
         The request as the client sent it stays the key of its recording, so changing these
-        options causes no misses.
+        options causes no misses. When only the model name changes, only its bytes do
+        (`modelmap.rewrite_request_bytes`); otherwise the body is re-encoded as
+        ``json.dumps(..., ensure_ascii=False)``.
         """
         body = req.json
         if not isinstance(body, dict):
             return Outbound(req.body, None, None)
-        new, asked, served = self.settings.model_map.rewrite_request(body)
-        if self.settings.no_think:
-            new = no_think(new)
+        mapped, asked, served = self.settings.model_map.rewrite_request(body)
+        new = no_think(mapped) if self.settings.no_think else mapped
         if new is body:
             return Outbound(req.body, asked, served)
+        if new is mapped and asked is not None and served is not None:
+            raw = rewrite_request_bytes(req.body, asked, served)
+            if raw is not None:
+                return Outbound(raw, asked, served)
         return Outbound(json.dumps(new, ensure_ascii=False).encode(), asked, served)
 
     def candidates(self, model: str | None, port: int | None) -> list[tuple[Route, Upstream]]:

@@ -14,7 +14,10 @@ template expanded with that match (`\\1`, `\\g<name>`; a group that did not take
 applied once, never to its own result.
 
 The client sees the name it asked for in answers (`restore_response_model`, `ModelRestore`).
-Pure and stdlib only; imports nothing from rechat but `errors`.
+Both directions have a byte-level fast path (`rewrite_request_bytes`, `ModelRestore.feed_raw`):
+the top-level ``"model"`` string is swapped in the JSON bytes as they are, without decoding
+and re-encoding the document, whenever the bytes say unambiguously where it is; otherwise the
+caller decodes. Pure and stdlib only; imports nothing from rechat but `errors`.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from typing import Any, Mapping
 
 from rechat.errors import ConfigError
 
-__all__ = ["ModelMap", "restore_response_model", "ModelRestore"]
+__all__ = ["ModelMap", "restore_response_model", "ModelRestore", "rewrite_request_bytes"]
 
 
 _PATTERN_KEY = re.compile(r"/(.+)/(i?)", re.DOTALL)
+_MEMO = 1024  # names ModelMap.resolve remembers
 
 
 class ModelMap:
@@ -39,7 +43,7 @@ class ModelMap:
     ``(regex, template)`` or ``(compiled, template)``) and `override`. Immutable.
     """
 
-    __slots__ = ("exact", "patterns", "override")
+    __slots__ = ("exact", "patterns", "override", "_resolved")
 
     def __init__(self, exact: Mapping[str, str] | None = None,
                  patterns: tuple[tuple[re.Pattern[str] | str, str], ...] | list = (),
@@ -54,6 +58,7 @@ class ModelMap:
         if override is not None and (not isinstance(override, str) or not override):
             raise ConfigError(f"--override-model must be a non-empty model name, got {override!r}")
         self.override = override
+        self._resolved: dict[str, str] = {}  # memo of resolve(), bounded by _MEMO
 
     @classmethod
     def from_dict(cls, mapping: Mapping[str, Any], override: str | None = None,
@@ -110,7 +115,18 @@ class ModelMap:
                 f"override={self.override!r})")
 
     def resolve(self, name: str) -> str:
-        """Return the model to serve for the requested `name` (rules in the module docstring)."""
+        """Return the model to serve for the requested `name` (rules in the module docstring).
+
+        Memoized per name (the map is immutable); the memo is emptied past `_MEMO` names.
+        """
+        hit = self._resolved.get(name)
+        if hit is None:
+            if len(self._resolved) >= _MEMO:
+                self._resolved.clear()
+            hit = self._resolved[name] = self._resolve(name)
+        return hit
+
+    def _resolve(self, name: str) -> str:
         if self.override is not None:
             return self.override
         hit = self.exact.get(name)
@@ -159,6 +175,99 @@ def _check_template(rx: re.Pattern[str], template: str, where: str) -> None:
                           f"not have ({e})") from None
 
 
+# -- the top-level "model" in JSON bytes -----------------------------------------------------
+
+_KEY = b'"model"'
+_WS = b" \t\n\r"
+# A complete JSON string (unrolled: no backtracking on long strings).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# A \u escape of one of the letters m, o, d, e, l: the key could be spelled with escapes.
+_ESCAPED_KEY_CHAR = re.compile(rb"\\u00(?:6[45cdfCDF])")
+_ABSENT = (-1, -1)
+
+
+def _model_span(raw: bytes) -> tuple[int, int] | None:
+    """Locate the top-level ``"model"`` string value in the JSON object bytes `raw`.
+
+    Returns ``(start, end)``, the indexes of its opening and closing quotes, when `raw` has
+    exactly one top-level ``"model"`` key spelled plainly and its value is a string without
+    escapes; `_ABSENT` when `raw` has no top-level ``"model"`` key (or is no object); None when
+    the bytes do not say (a key spelled with ``\\u`` escapes, a repeated key, a non-string or
+    escaped value, an object cut short): decode instead. Keys of nested objects and text
+    inside strings are never taken for it. Assumes `raw` is valid JSON when it looks like an
+    object (a decoder would reject it otherwise). O(len(raw)), all of it in C for the usual
+    shapes.
+    """
+    if b"\\u" in raw and _ESCAPED_KEY_CHAR.search(raw):
+        return None
+    found: tuple[int, int] | None = None
+    n = len(raw)
+    i = raw.find(_KEY)
+    while i >= 0:
+        j = i + 7
+        while j < n and raw[j] in _WS:
+            j += 1
+        if j < n and raw[j] == 0x3A and _top_level(raw, i):  # a key of the top-level object
+            if found is not None:
+                return None  # a repeated key: the last one wins in a decoder
+            j += 1
+            while j < n and raw[j] in _WS:
+                j += 1
+            if j >= n or raw[j] != 0x22:
+                return None  # not a string
+            k = raw.find(b'"', j + 1)
+            if k < 0 or raw.find(b"\\", j + 1, k) >= 0:
+                return None  # escaped, or cut short
+            found = (j, k)
+            i = raw.find(_KEY, k + 1)
+        else:
+            i = raw.find(_KEY, i + 1)
+    if found is None:
+        return _ABSENT  # no top-level key: nested ones and text in strings do not count
+    return found if _looks_object(raw) else None
+
+
+def _looks_object(raw: bytes) -> bool:
+    return raw.lstrip(_WS)[:1] == b"{" and raw.rstrip(_WS)[-1:] == b"}"
+
+
+def _top_level(raw: bytes, i: int) -> bool:
+    """True when index `i` of the JSON bytes `raw` is directly inside the top-level object."""
+    prefix = raw[:i]
+    if (prefix.count(b"{") == 1 and prefix.lstrip(_WS)[:1] == b"{" and b"[" not in prefix
+            and b"}" not in prefix and b"]" not in prefix and b"\\" not in prefix):
+        # The usual answer chunk: only flat members before it. Without escapes, quotes
+        # alternate opening and closing strings, so an even count is outside any string.
+        return prefix.count(b'"') % 2 == 0
+    prefix = _STRING.sub(b"", prefix)
+    if b'"' in prefix:
+        return False  # i is inside a string
+    prefix = prefix.lstrip(_WS)
+    return prefix[:1] == b"{" and (prefix.count(b"{") + prefix.count(b"[")
+                                   - prefix.count(b"}") - prefix.count(b"]")) == 1
+
+
+def _encode(name: str) -> bytes:
+    return json.dumps(name, ensure_ascii=False).encode("utf-8")
+
+
+def rewrite_request_bytes(raw: bytes, asked: str, served: str) -> bytes | None:
+    """Return the JSON request body `raw` with its top-level ``"model": asked`` reading `served`.
+
+    Only the value's bytes change (the rest keeps the client's own spelling); None when the
+    bytes do not say unambiguously where that value is, or it is not spelled as
+    ``json.dumps(asked, ensure_ascii=False)`` would (the caller then re-encodes the decoded
+    body). `raw` must be the bytes the body `{"model": asked, ...}` was decoded from.
+    """
+    span = _model_span(raw)
+    if span is None or span is _ABSENT:
+        return None
+    start, end = span
+    if raw[start:end + 1] != _encode(asked):
+        return None
+    return raw[:start] + _encode(served) + raw[end + 1:]
+
+
 def restore_response_model(obj: Any, asked: str) -> Any:
     """Return an answer object (JSON body, SSE chunk, NDJSON line) whose ``model`` reads `asked`.
 
@@ -179,10 +288,56 @@ class ModelRestore:
 
     def __init__(self, asked: str) -> None:
         self.asked = asked
+        self._asked_raw = _encode(asked)
+        # (bytes up to the end of a model value already located, the same renamed): the
+        # chunks of one stream start alike, so the next one starting with the same bytes has
+        # its model at the same place.
+        self._memo: tuple[bytes, bytes] | None = None
 
     def feed(self, obj: dict) -> list[dict]:
         """Return ``[obj with model = asked]``."""
         return [restore_response_model(obj, self.asked)]
+
+    def passes(self, raw: bytes, whole: bool = False) -> bool:
+        """True when the JSON bytes `raw` (one object, or several side by side) hold no
+        ``"model"`` key, however spelled: every object in them passes unchanged."""
+        return raw.find(_KEY) < 0 and not _ESCAPED_KEY_CHAR.search(raw)
+
+    def feed_raw(self, raw: bytes, whole: bool = False) -> bytes | None:
+        """Return the JSON bytes of `feed`'s result for the object encoded as `raw`: `raw`
+        itself when unchanged, else `raw` with only the model's value replaced; None when the
+        bytes do not say (see `_model_span`): decode and `feed` instead. Stateless."""
+        memo = self._memo
+        if memo is not None and raw.startswith(memo[0]):
+            n = len(memo[0])
+            if (raw.find(_KEY, n) < 0 and raw.find(b"\\u", n) < 0
+                    and raw.rstrip(_WS)[-1:] == b"}"):
+                return raw if memo[1] is memo[0] else memo[1] + raw[n:]
+        span = _model_span(raw)
+        if span is None:
+            return None
+        if span is _ABSENT:
+            return raw
+        start, end = span
+        if raw[start:end + 1] == self._asked_raw:
+            self._memo = (raw[:end + 1],) * 2
+            return raw
+        self._memo = (raw[:end + 1], raw[:start] + self._asked_raw)
+        return raw[:start] + self._asked_raw + raw[end + 1:]
+
+    def feed_raw_events(self, events: bytes, count: int) -> bytes | None:
+        """`feed_raw` over `count` whole SSE events ``data: X\\n\\n`` side by side, in one go:
+        the events with every X renamed, when each X starts with the bytes of a chunk already
+        renamed and holds no other ``"model"``; else None (take them one by one)."""
+        memo = self._memo
+        if memo is None:
+            return None
+        old = b"data: " + memo[0]
+        if (events.count(old) != count or events.count(_KEY) != count or b"\\u" in events
+                or events.count(b"}\n\ndata: ") != count - 1 or not events.endswith(b"}\n\n")):
+            return None
+        # `old` ends inside JSON (unescaped quotes), so it occurs only where an event starts.
+        return events if memo[1] is memo[0] else events.replace(old, b"data: " + memo[1])
 
     def end(self) -> list[dict]:
         """Return [] (nothing is held)."""

@@ -22,7 +22,11 @@ The object-transform protocol (duck-typed, so that modules need not import each 
 ``feed(obj) -> list[dict]`` returns the objects to emit for `obj`: the last one stands for
 `obj` itself (the same object when unchanged), any before it are new objects to emit first.
 ``end() -> list[dict]`` returns new objects to emit when the stream ends. Transforms never
-mutate their input.
+mutate their input. Optional byte-level shortcuts, which spare decoding and re-encoding:
+``passes(raw, whole) -> bool`` (True: every object in the JSON bytes `raw` passes unchanged)
+and ``feed_raw(raw, whole) -> bytes | None`` (the JSON bytes `feed` would turn the one object
+`raw` into, as a single object and without any change of state; None: decode and `feed`), and
+``feed_raw_events(events, count) -> bytes | None``, the same over several whole SSE events.
 
 Default patterns are the OSS relay's (seed: openai-oss-relay-README.md, `ReplacementConfig`).
 """
@@ -279,6 +283,7 @@ class ThinkTransform:
         self._rw: dict[int, ThinkRewriter] = {}
         self._kind: dict[int, str] = {}  # choice index -> "delta" | "text" | "ollama-chat" | ...
         self._template: dict | None = None  # the last object seen, for `end()`
+        self._firsts = _first_bytes(self.mode, self.patterns)  # what `passes` looks for
 
     @property
     def active(self) -> bool:
@@ -293,21 +298,28 @@ class ThinkTransform:
         (`whole` False), every rewriter is idle: outside any block, past the start of its text,
         holding nothing. Conservative: False only means "decode and see".
         """
-        if not self.active:
+        if self.mode is ThinkMode.KEEP:
             return True
-        if b"\\u" in raw or any(c in raw for c in self._first_bytes()):
+        if b"\\u" in raw:
             return False
+        for c in self._firsts:
+            if c in raw:
+                return False
         if whole:
             return True
-        return bool(self._rw) and all(
-            not rw._buf and rw._state == 0 and not rw._at_start for rw in self._rw.values())
+        if not self._rw:
+            return False
+        for rw in self._rw.values():
+            if rw._buf or rw._state or rw._at_start:
+                return False
+        return True
 
     def _first_bytes(self) -> tuple[bytes, ...]:
-        firsts = getattr(self, "_firsts", None)
-        if firsts is None:
-            chars = {c for st in _machine(self.mode, self.patterns) for c in st.firsts}
-            firsts = self._firsts = tuple(c.encode() for c in chars)
-        return firsts
+        return _first_bytes(self.mode, self.patterns)
+
+    def feed_raw(self, raw: bytes, whole: bool = False) -> bytes | None:
+        """Return `raw` when `passes` says the object encoded as `raw` passes, else None."""
+        return raw if self.passes(raw, whole) else None
 
     def _rewriter(self, index: int) -> ThinkRewriter:
         rw = self._rw.get(index)
@@ -415,6 +427,12 @@ class ThinkTransform:
         return out
 
 
+@functools.lru_cache(maxsize=64)
+def _first_bytes(mode: ThinkMode, p: ThinkPatterns) -> tuple[bytes, ...]:
+    """The UTF-8 encodings of the characters any marker of `mode` can start with."""
+    return tuple(c.encode() for c in {c for st in _machine(mode, p) for c in st.firsts})
+
+
 def _chain_feed(transforms: Sequence[ObjectTransform], obj: dict) -> list[dict]:
     items = [obj]
     for t in transforms:
@@ -438,6 +456,33 @@ def _all_pass(transforms: Sequence[ObjectTransform], raw: bytes, whole: bool = F
     return True
 
 
+def _chain_raw(transforms: Sequence[ObjectTransform], raw: bytes,
+               whole: bool = False) -> bytes | None:
+    """Return the JSON bytes the transforms turn the one object encoded as `raw` into, when
+    each of them can tell from the bytes alone (`feed_raw`); None: decode and `_chain_feed`.
+    `feed_raw` changes no state, so a None part-way leaves the transforms as they were."""
+    for t in transforms:
+        feed_raw = getattr(t, "feed_raw", None)
+        if feed_raw is None:
+            return None
+        raw = feed_raw(raw, whole)
+        if raw is None:
+            return None
+    return raw
+
+
+def _raw_events_of(t: ObjectTransform):
+    """Return ``f(events, count) -> bytes | None``: `t`'s `feed_raw_events`, else its `passes`
+    over the whole events (None: take them one by one), else a function that always declines."""
+    many = getattr(t, "feed_raw_events", None)
+    if many is not None:
+        return many
+    passes = getattr(t, "passes", None)
+    if passes is None:
+        return lambda events, count: None
+    return lambda events, count: events if passes(events) else None
+
+
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
@@ -448,8 +493,9 @@ def rewrite_json(body: bytes, transforms: Sequence[ObjectTransform]) -> bytes:
     A body that is not a JSON object passes unchanged. A changed body is re-encoded as compact
     UTF-8 JSON (so its length changes: set Content-Length from the result).
     """
-    if _all_pass(transforms, body, whole=True):
-        return body
+    fast = _chain_raw(transforms, body, whole=True)
+    if fast is not None:
+        return fast
     try:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -479,10 +525,19 @@ class SSEStreamRewriter:
 
     Before ``data: [DONE]``, and at `close()` when the stream ends without it, the transforms'
     `end()` objects are emitted. `close()` then returns any unterminated final block as is.
+
+    Fast path: a piece that arrives with nothing held and is made of whole ``data: X\n\n``
+    events (LF only; maybe followed by the start of the next, which is held as usual) skips
+    the line-by-line framing. If no transform can change anything in it (`passes` on its
+    bytes), it goes out as is; otherwise each event goes through the transforms' byte-level
+    `feed_raw` (a renamed model is swapped in the bytes), and only the events those cannot
+    decide are decoded. The output is the same as the general path's, but for an event whose
+    only change is made at byte level: it keeps the upstream's own JSON spelling.
     """
 
     def __init__(self, transforms: Sequence[ObjectTransform]) -> None:
         self.transforms = list(transforms)
+        self._many = [_raw_events_of(t) for t in self.transforms]  # see _feed_events
         self._block: list[bytes] = []  # complete lines of the current block
         self._partial: list[bytes] = []  # an unterminated line, or one ending in CR
         self._first_line = True
@@ -497,6 +552,10 @@ class SSEStreamRewriter:
         if not data:
             return b""
         data = bytes(data)
+        if not self._partial and not self._block:
+            fast = self._feed_events(data)
+            if fast is not None:
+                return fast
         partial = self._partial
         held_cr = bool(partial) and partial[-1].endswith(b"\r")
         if b"\n" not in data and b"\r" not in data and not held_cr:
@@ -507,6 +566,41 @@ class SSEStreamRewriter:
             data = b"".join(partial)
             partial.clear()
         return self._lines(data, final=False)
+
+    def _feed_events(self, data: bytes) -> bytes | None:
+        """The fast path (class docstring) for `data` arriving with nothing held; None when
+        `data` is not whole ``data: X\n\n`` events (the general path then frames it)."""
+        cut = data.rfind(b"\n\n") + 2
+        if cut < 2 or not data.startswith(b"data: ") or b"\r" in data:
+            return None
+        head = data[:cut] if cut < len(data) else data
+        count = head.count(b"\n\ndata: ") + 1
+        # Every LF belongs to an event's closing "\n\n" exactly when there are two per event
+        # (those occurrences cannot overlap): no event spans several lines, no blank block.
+        if head.count(b"\n") != 2 * count:
+            return None
+        self._first_line = False  # data: starts the stream's first line, so no BOM
+        if cut < len(data):
+            self._partial.append(data[cut:])
+        if b"[DONE]" not in head:
+            new = head
+            for many in self._many:
+                new = many(new, count)
+                if new is None:
+                    break
+            else:
+                return new
+        out = []
+        for value in head[6:-2].split(b"\n\ndata: "):
+            if value == b"[DONE]":
+                out.append((b"" if self._ended else self._end()) + b"data: [DONE]\n\n")
+                continue
+            new = _chain_raw(self.transforms, value)
+            if new is None:
+                out.append(self._rewrite_block([b"data: " + value + b"\n", b"\n"]))
+            else:
+                out.append(b"data: " + new + b"\n\n")
+        return b"".join(out)
 
     def close(self) -> bytes:
         """End the stream; return the remaining bytes for the client."""
@@ -575,6 +669,12 @@ class SSEStreamRewriter:
             return (b"" if self._ended else self._end()) + raw
         if _all_pass(self.transforms, data):
             return raw  # the common chunk: nothing to rewrite, no need to decode it
+        new = _chain_raw(self.transforms, data)
+        if new is data:
+            return raw
+        if new is not None and b"\n" not in new and b"\r" not in new:
+            # Decided from the bytes (e.g. only the model renamed); one line, as data: needs.
+            return self._replace_data(lines, first_data, new, bom)
         try:
             obj = json.loads(data)
         except (ValueError, UnicodeDecodeError):
@@ -614,7 +714,8 @@ class NDJSONStreamRewriter:
     """Rewrite a newline-delimited JSON body incrementally (Ollama's /api/chat, /api/generate).
 
     Lines end in LF (a CR before it is kept). Each complete line holding a JSON object goes
-    through the transforms; every other line, and every line they leave unchanged, passes byte
+    through the transforms (through their byte-level `feed_raw` first, decoded only when that
+    cannot decide); every other line, and every line they leave unchanged, passes byte
     for byte. A changed line keeps its line ending; added objects go out as ``{json}\\n``.
     `close()` treats an unterminated last line as a line, then emits the transforms' `end()`.
     """
@@ -656,6 +757,9 @@ class NDJSONStreamRewriter:
         body = line.rstrip(b"\r\n")
         if not body.strip():
             return line
+        new = _chain_raw(self.transforms, body)
+        if new is not None:  # decided from the bytes: no need to decode the line
+            return line if new is body else new + line[len(body):]
         try:
             obj = json.loads(body)
         except (ValueError, UnicodeDecodeError):

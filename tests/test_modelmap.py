@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rechat.errors import ConfigError
-from rechat.modelmap import ModelMap, ModelRestore, restore_response_model
+from rechat.modelmap import ModelMap, ModelRestore, restore_response_model, rewrite_request_bytes
 from rechat.think import SSEStreamRewriter, NDJSONStreamRewriter, ThinkTransform, rewrite_json
 
 # The rerouter's own examples (seed: openai-model-rerouter-README.md), as JSON text.
@@ -133,3 +133,84 @@ def test_model_restore_on_a_json_body_and_streams():
     rw2 = NDJSONStreamRewriter([ModelRestore("gpt-4")])
     out2 = rw2.feed(nd) + rw2.close()
     assert [json.loads(x)["model"] for x in out2.splitlines()] == ["gpt-4", "gpt-4"]
+
+
+# -- the byte-level rename --------------------------------------------------------------------
+
+REQ = {"messages": [{"role": "user", "content": 'Set "model": "gpt-4" in {"model": "gpt-4"}'}],
+       "metadata": {"model": "gpt-4"}, "model": "gpt-4", "stream": True}
+
+
+@pytest.mark.parametrize("dumps", [
+    lambda b: json.dumps(b),                                    # Python's default spelling
+    lambda b: json.dumps(b, separators=(",", ":")),             # compact (JS clients)
+    lambda b: json.dumps(b, indent=2),                          # newlines
+    lambda b: json.dumps(b).replace('"model": "gpt-4", "stream"', '"model"\t :\r\n "gpt-4" , "stream"'),
+])
+def test_request_bytes_rename_only_the_top_level_model(dumps):
+    raw = dumps(REQ).encode()
+    out = rewrite_request_bytes(raw, "gpt-4", "llama3-70b")
+    assert out is not None
+    assert json.loads(out) == {**REQ, "model": "llama3-70b"}  # content and nested untouched
+    assert out.replace(b'"llama3-70b"', b'"gpt-4"') == raw    # nothing else re-spelled
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"model": "gpt-4", "model": "gpt-4"}',                  # repeated: the decoder keeps the last
+    b'{"\\u006dodel": "gpt-4", "model": "gpt-4"}',            # a key spelled with escapes
+    b'{"model": "gpt\\u002d4"}',                              # an escaped value
+    b'{"messages": []}',                                       # no model
+    b'{"x": {"model": "gpt-4"}}',                             # only a nested one
+    b'{"model": "gpt-4o"}',                                    # not the name asked for
+])
+def test_request_bytes_rename_declines_unclear_bodies(raw):
+    assert rewrite_request_bytes(raw, "gpt-4", "llama3-70b") is None
+
+
+def test_gateway_outbound_keeps_the_clients_bytes_but_the_model():
+    from rechat.exchange import Request
+    from rechat.gateway import Gateway, GatewaySettings
+    gw = Gateway(GatewaySettings(model_map=ModelMap.from_dict({"gpt-4": "llama3-70b"})))
+    raw = json.dumps(REQ, separators=(",", ":")).encode()
+    out = gw.outbound(Request("POST", "/v1/chat/completions", body=raw))
+    assert (out.asked, out.served) == ("gpt-4", "llama3-70b")
+    assert out.body == raw.replace(b'"model":"gpt-4","stream"', b'"model":"llama3-70b","stream"')
+    odd = b'{"model": "gpt-4", "model": "gpt-4", "messages": []}'  # falls back to re-encoding
+    out = gw.outbound(Request("POST", "/v1/chat/completions", body=odd))
+    assert json.loads(out.body) == {"model": "llama3-70b", "messages": []}
+    gw2 = Gateway(GatewaySettings(model_map=ModelMap.from_dict({"gpt-4": "llama3-70b"}), no_think=True))
+    out = gw2.outbound(Request("POST", "/v1/chat/completions", body=raw))
+    assert json.loads(out.body)["messages"][0]["content"].endswith(" /no_think")
+    assert json.loads(out.body)["model"] == "llama3-70b"
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (b'{"id":"x","model":"llama3","choices":[]}', b'{"id":"x","model":"gpt-4","choices":[]}'),
+    (b'{ "model" :  "llama3" }', b'{ "model" :  "gpt-4" }'),
+    (b'{"choices":[{"delta":{"content":"\\"model\\": \\"llama3\\""}}],"model":"llama3"}',
+     b'{"choices":[{"delta":{"content":"\\"model\\": \\"llama3\\""}}],"model":"gpt-4"}'),
+    (b'{"model":"gpt-4","x":1}', None),       # already the name asked for: the same bytes
+    (b'{"x":{"model":"llama3"}}', None),      # nested only: unchanged
+    (b'[{"model":"llama3"}]', None),          # not an object: unchanged
+])
+def test_model_restore_feed_raw(raw, expected):
+    out = ModelRestore("gpt-4").feed_raw(raw)
+    if expected is None:
+        assert out is raw
+    else:
+        assert out == expected
+        assert json.loads(out) == restore_response_model(json.loads(raw), "gpt-4")
+
+
+@pytest.mark.parametrize("raw", [b'{"model":null}', b'{"model":"a","model":"b"}',
+                                 b'{"\\u006Dodel":"a"}', b'{"model":"a\\"b"}', b'{"model":"llama3"'])
+def test_model_restore_feed_raw_declines_to_guess(raw):
+    assert ModelRestore("gpt-4").feed_raw(raw) is None  # decoded instead (or left as it is)
+
+
+def test_resolve_is_memoized_and_bounded():
+    mm = ModelMap.from_json(SEED_REGEX)
+    assert mm.resolve("gpt-3.5-turbo") == mm.resolve("gpt-3.5-turbo") == "llama3-3.5--instruct"
+    for i in range(3000):
+        assert mm.resolve(f"gpt-4-{i}") == f"claude-3-opus-{i}"
+    assert len(mm._resolved) <= 1024

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rechat.errors import ConfigError
+from rechat.modelmap import ModelRestore
 from rechat.sse import SSEParser
 from rechat.think import (
     NDJSONStreamRewriter, SSEStreamRewriter, ThinkMode, ThinkPatterns, ThinkRewriter,
@@ -612,3 +613,141 @@ def test_no_think(body, expected):
         assert out is body
     else:
         assert out == expected
+
+
+# -- the whole-event fast path ---------------------------------------------------------------
+# A piece made of whole `data: X\n\n` events skips the line framing (SSEStreamRewriter's fast
+# path); fed one byte at a time the same stream always takes the general path.
+
+
+def byte_by_byte(data: bytes, transforms) -> bytes:
+    rw = SSEStreamRewriter(transforms)
+    return b"".join(rw.feed(data[i:i + 1]) for i in range(len(data))) + rw.close()
+
+
+def by_events(data: bytes, transforms) -> bytes:
+    rw = SSEStreamRewriter(transforms)
+    pieces = re.split(b"(?<=\n\n)", data)  # each event in a piece of its own
+    return b"".join(rw.feed(p) for p in pieces) + rw.close()
+
+
+@pytest.mark.parametrize("mode", ["strip", "tags"])
+@pytest.mark.parametrize("contents", SSE_CONTENTS)
+def test_sse_fast_path_gives_the_general_paths_bytes(mode, contents):
+    data = chat_stream(contents)
+    slow = byte_by_byte(data, [ThinkTransform(mode)])
+    assert by_events(data, [ThinkTransform(mode)]) == slow
+    assert run_sse(data, [], mode) == slow  # the whole stream as one piece
+
+
+def test_sse_fast_path_piece_without_lt_then_one_starting_a_tag():
+    plain = sse([chunk({"role": "assistant", "content": ""}), chunk({"content": "Hello "}),
+                 chunk({"content": "world. "})], done=False)
+    tagged = sse([chunk({"content": "<thi"}), chunk({"content": "nk>secret</think>Bye"}),
+                  chunk({}, "stop")])
+    rw = SSEStreamRewriter([ThinkTransform("strip")])
+    first = rw.feed(plain)
+    assert first == plain  # nothing in it can start a marker: forwarded as is
+    second = rw.feed(tagged[:len(tagged) // 2]) + rw.feed(tagged[len(tagged) // 2:])
+    out = first + second + rw.close()
+    assert content_of(out) == "Hello world. Bye"
+    assert out == byte_by_byte(plain + tagged, [ThinkTransform("strip")])
+
+
+def test_sse_fast_path_holds_the_start_of_the_next_event():
+    data = chat_stream(["Hi ", "<think>x</think>", "there"])
+    ends = [m.end() for m in re.finditer(b"\n\n", data)]
+    for end in ends[:-1]:
+        for extra in (1, 6, 9):  # "d", "data: ", "data: {\"i"
+            cut = end + extra
+            assert run_sse(data, [cut]) == run_sse(data, []), cut
+
+
+def test_sse_fast_path_leaves_a_pending_tag_to_the_rewriter():
+    # The rewriter holds "<th" after the first event, so the next plain piece is decoded.
+    data = chat_stream(["Hi <th", "ink>x</think>", " there", " again"])
+    out = by_events(data, [ThinkTransform("strip")])
+    assert content_of(out) == "Hi  there again"
+    assert out == byte_by_byte(data, [ThinkTransform("strip")])
+
+
+@pytest.mark.parametrize("piece", [
+    b"data: {\"a\":1}\n\n\n",                      # a blank block after the event
+    b"data: {\"a\":1}\ndata: {\"b\":2}\n\n",        # two data lines in one event
+    b"data: {\"a\":1}\r\n\r\n",                    # CRLF
+    b"data: {\"a\":1}\n\nevent: ping\ndata: x\n\n",  # a typed event
+    b"data: {\"a\":1}\n\n: keep-alive\n\n",         # a comment
+])
+def test_sse_fast_path_declines_other_framings(piece):
+    t = [ThinkTransform("strip"), ModelRestore("gpt-4")]
+    assert by_events(piece, t) == byte_by_byte(piece, t) == run_sse(piece, [], transforms=t)
+
+
+def test_sse_model_rename_at_every_byte_boundary():
+    # The model name split across network pieces, with the think rewrite in the same chain.
+    objs = [{**chunk({"content": c}), "model": "llama3-70b-2024"} for c in ["Hi <th", "ink>x</think>", "!"]]
+    objs.append({**chunk({}, "stop"), "model": "llama3-70b-2024"})
+    data = sse(objs)
+    def check(out: bytes) -> None:
+        got = [json.loads(e) for e in events(out) if e != "[DONE]"]
+        assert {o["model"] for o in got} == {"gpt-4"}
+        assert "".join(o["choices"][0]["delta"].get("content", "") for o in got) == "Hi !"
+    whole = run_sse(data, [], transforms=[ThinkTransform("strip"), ModelRestore("gpt-4")])
+    check(whole)
+    for i in range(len(data) + 1):
+        out = run_sse(data, [i], transforms=[ThinkTransform("strip"), ModelRestore("gpt-4")])
+        check(out)
+        assert events(out) == events(whole), i
+
+
+def test_sse_model_rename_keeps_the_upstreams_spelling_and_nested_models():
+    ev = (b'data: {"id": "x", "model" :\t"llama3", "choices": [{"index": 0, "delta": '
+          b'{"content": "say \\"model\\": \\"llama3\\""}, "tool": {"model": "llama3"}}]}\n\n')
+    out = run_sse(ev, [], transforms=[ModelRestore("gpt-4")])
+    assert out == ev.replace(b'"model" :\t"llama3"', b'"model" :\t"gpt-4"')
+    # With a fresh think rewriter in the chain the event is decoded: same objects.
+    decoded = run_sse(ev, [], transforms=[ThinkTransform("strip"), ModelRestore("gpt-4")])
+    for o in (out, decoded):
+        obj = json.loads(events(o)[0])
+        assert obj["model"] == "gpt-4" and obj["choices"][0]["tool"] == {"model": "llama3"}
+        assert obj["choices"][0]["delta"]["content"] == 'say "model": "llama3"'
+
+
+def test_sse_model_rename_in_an_event_of_several_data_lines():
+    ev = b'data: {"id": "x",\ndata:  "model": "llama3", "choices": []}\n\n'
+    out = run_sse(ev, [], transforms=[ModelRestore("gpt-4")])
+    assert json.loads(events(out)[0]) == {"id": "x", "model": "gpt-4", "choices": []}
+
+
+def test_ndjson_model_rename_at_every_byte_boundary():
+    data = ollama_chat(["Hi <th", "ink>x</think>", "!"]).replace(b'"model":"qwen3"', b'"model":"llama3"')
+    assert data.count(b'"model":"llama3"') == 4
+    def run(cuts):
+        rw = NDJSONStreamRewriter([ThinkTransform("strip"), ModelRestore("gpt-4")])
+        bounds = [0, *cuts, len(data)]
+        return b"".join(rw.feed(data[a:b]) for a, b in zip(bounds, bounds[1:])) + rw.close()
+    whole = run([])
+    assert nd_content(whole) == "Hi !"
+    assert {json.loads(x)["model"] for x in whole.splitlines()} == {"gpt-4"}
+    for i in range(len(data) + 1):
+        assert run([i]) == whole, i
+
+
+def test_sse_several_events_renamed_in_one_go_or_one_by_one():
+    t = lambda: [ThinkTransform("strip"), ModelRestore("gpt-4")]  # noqa: E731
+    obj = lambda c, **kw: {**chunk({"content": c}), "model": "llama3", **kw}  # noqa: E731
+    head = sse([obj("Hi"), obj(" there"), obj(" you")], done=False)
+    tails = [
+        sse([obj(" a"), obj(" b"), obj(" c")]),                                  # all alike
+        sse([obj(" a"), obj(" b", tool={"model": "llama3"}), obj(" c")]),        # a nested model
+        sse([obj(" a"), {**obj(" b"), "id": "other"}, obj(" c", model2=1)]),     # another prefix
+        sse([obj(" a"), obj(" b <think>x</think>"), obj(" c")]),                 # a tag in one
+        sse([obj(" a"), obj(" b").__or__({"model": "gpt-4"}), obj(" c")]),       # already asked
+    ]
+    for tail in tails:
+        ref = [json.loads(e) for e in events(byte_by_byte(head + tail, t())) if e != "[DONE]"]
+        rw = SSEStreamRewriter(t())
+        out = b"".join(rw.feed(p) for p in re.split(b"(?<=\n\n)", head)) + rw.feed(tail) + rw.close()
+        got = [json.loads(e) for e in events(out) if e != "[DONE]"]
+        assert got == ref
+        assert all(o["model"] == "gpt-4" for o in got if isinstance(o, dict))
