@@ -461,3 +461,22 @@ def test_request_streams_by_default_on_ollama_chat_only():
     assert not req("/api/chat", {"messages": [], "stream": False}).wants_stream
     assert not req("/v1/chat/completions", {"messages": []}).wants_stream
     assert req("/api/chat", {"model": "m", "messages": []}).is_chat
+
+
+def test_the_format_doc_examples_read_as_documented():
+    import re
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "format.md").read_text()
+    section = doc[doc.index("## Ollama chats"):doc.index("## Other endpoints")]
+    recorded, minimal = re.findall(r"^````markdown\n(.*?)^````$", section, re.S | re.M)
+    s = sf.parse(recorded)
+    assert (s.kind, s.endpoint, s.params["think"]) == ("chat", "POST /api/chat", True)
+    msgs = ollama.request_messages(s.messages)
+    assert msgs[1]["thinking"] and msgs[1]["tool_calls"] == [
+        {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]
+    assert msgs[2] == {"role": "tool", "content": "18 °C, light rain", "tool_name": "get_weather"}
+    for i in (1, 3):  # the answers as recorded: their bytes would be replayed
+        assert ollama.unedited(s.messages[i], s.responses[i])
+    assert sf.render_chat(s.params, s.messages, s.responses, s.endpoint) == recorded
+    m = sf.parse(minimal)
+    assert (m.kind, m.endpoint, m.params) == ("chat", "POST /api/chat", {"model": "llama3.2"})
+    assert minimal == HAND_WRITTEN
