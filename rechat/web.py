@@ -337,7 +337,7 @@ class WebUI:
         body = ev.request.json if isinstance(ev.request.json, dict) else {}
         model = body.get("model") if isinstance(body.get("model"), str) else None
         return {"id": ev.id, "method": ev.request.method, "path": ev.request.path,
-                "model": model, "stream": body.get("stream") is True, "client": ev.client,
+                "model": model, "stream": ev.request.wants_stream, "client": ev.client,
                 "started_at": ev.started_at, "elapsed_ms": round((now - ev.started_at) * 1000, 1),
                 "run": self.log.run if self.log else None}
 

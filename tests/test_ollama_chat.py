@@ -329,6 +329,27 @@ def test_model_map_applies_and_the_file_keeps_the_clients_name(fake, start_recha
     rx.stop()
     _, text = only_file(tmp_path / "s")
     assert "model: alias" in text and '"served_model":"llama3.2"' in text
+    fake.stop()
+    rp = start_rechat("replay", "s", "--model-map", json.dumps({"alias": "llama3.2"}))
+    _, _, body = post(rp.base, {**chat("mapped"), "model": "alias", "stream": False})
+    assert json.loads(body)["model"] == "alias"
+    _, ctype, body = post(rp.base, {**chat("mapped"), "model": "alias"})  # made from the file
+    assert {o["model"] for o in lines(body)} == {"alias"} and text_of(ctype, body) == "Echo: mapped"
+
+
+def test_think_strip_applies_to_replayed_ndjson(fake, start_rechat, tmp_path):
+    rx = start_rechat("record", fake.url, "--sessions", "s")
+    q = chat("<think>secret plan</think>visible answer")
+    _, ctype, recorded = post(rx.base, q)
+    rx.stop()
+    fake.stop()
+    rp = start_rechat("replay", "s", "--think", "strip")
+    _, ctype, body = post(rp.base, q)
+    assert ctype.startswith("application/x-ndjson")
+    assert text_of(ctype, body) == "Echo: visible answer"
+    _, ctype, body = post(rp.base, {**q, "stream": False})
+    assert text_of(ctype, body) == "Echo: visible answer"
+    assert "secret plan" in only_file(tmp_path / "s")[1]  # the session keeps the raw answer
 
 
 # ---------------------------------------------------------------------------------------------
