@@ -501,3 +501,16 @@ def test_the_format_doc_examples_read_as_documented():
     m = sf.parse(minimal)
     assert (m.kind, m.endpoint, m.params) == ("chat", "POST /api/chat", {"model": "llama3.2"})
     assert minimal == HAND_WRITTEN
+
+
+def test_a_conversation_the_chat_form_cannot_hold_is_kept_generic(fake, start_rechat, tmp_path):
+    rx = start_rechat("record", fake.url, "--sessions", "s")
+    q = {"model": "llama3.2", "messages": [{"role": "critic", "content": "odd role"}]}
+    _, _, recorded = post(rx.base, q)
+    rx.stop()
+    _, text = only_file(tmp_path / "s")
+    s = sf.parse(text)
+    assert (s.kind, s.endpoint) == ("generic", "POST /api/chat") and "kind: generic" in text
+    fake.stop()
+    rp = start_rechat("replay", "s")
+    assert post(rp.base, q)[2] == recorded
