@@ -420,11 +420,14 @@ def test_hand_written_variants_read_as_ollama_messages():
         "role": "assistant", "thinking": "t", "content": "c"}
 
 
+def _nest(children):
+    return st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children,
+                                                            max_size=3)
+
+
 _json = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6)
                      | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
-                     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c,
-                                                                          max_size=3),
-                     max_leaves=8)
+                     _nest, max_leaves=8)
 _name = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
 _tool_call = st.fixed_dictionaries(
     {"function": st.fixed_dictionaries({"name": _name | st.text(min_size=1, max_size=5),
