@@ -5,7 +5,8 @@ goes into the markdown (the assistant message, and the other choices when ``n > 
 into the hidden response comment (id, usage, SSE events, timings), and how a stored answer
 becomes an HTTP reply again: the recorded SSE events, a synthesised `chat.completion.chunk`
 stream, or an assembled `chat.completion` (OpenAI API reference, "The chat completion object"
-and "The chat completion chunk object"). Answers of the readable endpoint forms (Responses,
+and "The chat completion chunk object"); Ollama's /api/chat answers are mapped by ollama.py
+and replied here in Ollama's shapes. Answers of the readable endpoint forms (Responses,
 legacy completions, embeddings; see forms.py) are `FormAnswer`s, replied by `generic_reply`.
 Pure: no aiohttp, no I/O.
 """
@@ -20,6 +21,7 @@ from datetime import datetime, timezone
 
 from rechat import completion as cc
 from rechat import forms
+from rechat import ollama
 from rechat.exchange import Answer, Exchange, Request
 from rechat.fingerprint import VOLATILE_FIELDS, digest, normalize_message, redact_headers
 from rechat.sse import DONE, encode_event
@@ -75,10 +77,18 @@ def chat_answer(ex: Exchange) -> tuple[dict, dict] | None:
     events' data in order (`sse`) and arrival times in ms (`sse_ms`); non-streamed ones keep
     the completion without the messages (`completion`), whose null fields stay in stubs. With
     ``n > 1``, the other choices' messages are in the meta as ``choices`` (the session shows
-    them as `### assistant choice=N` sections, not in the comment).
+    them as `### assistant choice=N` sections, not in the comment). An Ollama /api/chat answer
+    keeps its raw body (`body`) or NDJSON lines (`ndjson`) instead (ollama.capture).
     """
     r = ex.response
     meta = _base_meta(ex)
+    if ollama.is_ollama_chat(ex.request.path):
+        got = ollama.capture(r)
+        if got is None:
+            return None
+        shown, extra = got
+        meta.update(extra)
+        return shown, meta
     if r.events is not None:
         try:
             chunks = [json.loads(e) for e in r.events if e != "[DONE]"]
@@ -191,6 +201,8 @@ def _unedited_stream(answer: Answer) -> bool:
 
 def chat_reply(answer: Answer, req: Request) -> Reply:
     """Return the reply to `req` from a chat answer, streamed if `req` asks for it."""
+    if ollama.is_ollama_chat(req.path):
+        return ollama_reply(answer, req)
     if not req.wants_stream:
         body = json.dumps(completion_for(answer, req), ensure_ascii=False).encode()
         return Reply(200, [("Content-Type", "application/json")], body)
@@ -205,6 +217,31 @@ def chat_reply(answer: Answer, req: Request) -> Reply:
     events = [encode_event(json.dumps(c, ensure_ascii=False)) for c in chunks]
     events.append(DONE)
     return Reply(200, headers, events=events)
+
+
+def ollama_reply(answer: Answer, req: Request) -> Reply:
+    """Return the reply to an Ollama /api/chat request `req` from a chat answer.
+
+    Streamed (NDJSON, ``application/x-ndjson``) unless the body says ``stream: false``. An
+    unedited recording replies with its bytes as recorded when `req` streams as the recording
+    did; otherwise the reply is made from the file's message (ollama.response_object,
+    ollama.stream_objects), so an edited answer is served edited.
+    """
+    stream = req.wants_stream
+    meta = answer.meta
+    if stream:
+        headers = [("Content-Type", "application/x-ndjson")]
+    else:
+        headers = [("Content-Type", "application/json; charset=utf-8")]
+    raw = ollama.recorded_bytes(meta)
+    if raw is not None and raw[0] == stream and ollama.unedited(answer.message, meta):
+        if stream:
+            return Reply(200, headers, events=list(raw[1]))  # type: ignore[arg-type]
+        return Reply(200, headers, raw[1])  # type: ignore[arg-type]
+    if not stream:
+        return Reply(200, headers, ollama.dumps(ollama.response_object(answer.message, meta, req.json)))
+    return Reply(200, headers, events=[ollama.dumps(o) + b"\n" for o in
+                                       ollama.stream_objects(answer.message, meta, req.json)])
 
 
 class FormAnswer(Answer):

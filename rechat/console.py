@@ -19,6 +19,7 @@ from rich.progress import Progress
 from rich.text import Text
 
 from rechat import answers
+from rechat.store import shown_messages
 from rechat.errors import SessionFormatError
 from rechat.exchange import Exchange
 from rechat.fingerprint import request_params
@@ -144,7 +145,7 @@ class ConsoleView:
                                             f"total {r.total_ms:.1f} ms", style="dim"), (0, 0, 0, 2)))
         if not req.is_chat:
             return
-        msgs = body["messages"]
+        msgs = shown_messages(req.path, body["messages"])
         if msgs:
             self._message(msgs[-1])
         answer = self._answer(ev)

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CHAT_PATH = "/v1/chat/completions"
+OLLAMA_CHAT_PATH = "/api/chat"  # Ollama's own chat endpoint (rechat/ollama.py)
+CHAT_PATHS = (CHAT_PATH, OLLAMA_CHAT_PATH)
+# Ollama's endpoints that stream unless the body says `"stream": false`.
+_STREAM_BY_DEFAULT = (OLLAMA_CHAT_PATH, "/api/generate")
 
 
 def header(headers: list[tuple[str, str]], name: str, default: str | None = None) -> str | None:
@@ -66,15 +70,19 @@ class Request:
 
     @property
     def is_chat(self) -> bool:
-        """True for a chat completion request whose body is a JSON object with a messages list."""
+        """True for a chat request (OpenAI's chat completions or Ollama's /api/chat) whose body is
+        a JSON object with a messages list."""
         j = self.json
-        return (self.method == "POST" and self.path == CHAT_PATH and isinstance(j, dict)
+        return (self.method == "POST" and self.path in CHAT_PATHS and isinstance(j, dict)
                 and isinstance(j.get("messages"), list))
 
     @property
     def wants_stream(self) -> bool:
-        """True when the JSON body asks for ``stream: true``."""
+        """True when the JSON body asks for ``stream: true``; for Ollama's /api/chat and
+        /api/generate, unless it says ``stream: false`` (their default is to stream)."""
         j = self.json
+        if self.path in _STREAM_BY_DEFAULT:
+            return isinstance(j, dict) and j.get("stream") is not False
         return isinstance(j, dict) and j.get("stream") is True
 
 

@@ -399,12 +399,13 @@ def _transform_reply(reply: answers.Reply, transforms: list) -> answers.Reply:
     """Apply the answer transforms (reasoning rewrite, model name) to a replayed reply."""
     if not transforms:
         return reply
+    ctype = next((v for k, v in reply.headers if k.lower() == "content-type"), "")
     if reply.events is not None:
-        rw = SSEStreamRewriter(transforms)
+        # SSE events, or the NDJSON lines of an Ollama stream.
+        rw = stream_rewriter(ctype, transforms) or SSEStreamRewriter(transforms)
         events = [rw.feed(e) for e in reply.events]
         events[-1] += rw.close()
         return answers.Reply(reply.status, reply.headers, reply.body, events, reply.event_ms)
-    ctype = next((v for k, v in reply.headers if k.lower() == "content-type"), "")
     rw = stream_rewriter(ctype, transforms)
     body = rw.feed(reply.body) + rw.close() if rw else rewrite_json(reply.body, transforms)
     return answers.Reply(reply.status, reply.headers, body, None, None)

@@ -49,7 +49,7 @@ from mistune.helpers import unescape_char
 
 from rechat import forms
 from rechat.errors import SessionFormatError
-from rechat.exchange import CHAT_PATH
+from rechat.exchange import CHAT_PATH, CHAT_PATHS
 from rechat.fingerprint import multipart_parts
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -476,7 +476,7 @@ def render_generic(endpoint: str, exchanges: list[GenericExchange],
     with `write_blob` ("Large uploads"); `blob_min` is that threshold in bytes.
     """
     reserved = {"endpoint": endpoint}
-    if endpoint.split("?")[0].split(" ", 1)[-1] == CHAT_PATH:
+    if endpoint.split("?")[0].split(" ", 1)[-1] in CHAT_PATHS:
         reserved["kind"] = "generic"
     lines = _front_matter({"rechat": reserved})
     for ex in exchanges:
@@ -773,7 +773,7 @@ def parse(text: str, file: str = "<string>") -> Session:
         s.method, s.path, s.query = m.group(1), m.group(2), m.group(3) or ""
         # The form follows the path unless `kind` says otherwise: a chat request rechat could
         # not write as sections is kept in the generic form, a chat on another path as sections.
-        chat = s.method == "POST" and s.path == CHAT_PATH
+        chat = s.method == "POST" and s.path in CHAT_PATHS
         s.kind = reserved.get("kind") or ("chat" if chat else "generic")
         if s.kind not in ("chat", "generic", *forms.FORMS):
             raise SessionFormatError(file, first - 1, f"front matter `rechat.kind` must be one of "

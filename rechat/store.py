@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
-from rechat import answers, forms
+from rechat import answers, forms, ollama
 from rechat import sessionfile as sf
 from rechat.errors import ConfigError, SessionFormatError
 from rechat.exchange import CHAT_PATH, Answer, Exchange, Request
@@ -68,6 +68,21 @@ def chain(path: str, messages: Iterable) -> list[str]:
         h = digest(h + "\n" + canonical(normalize_message(m)))
         out.append(h)
     return out
+
+
+def key_messages(path: str, messages: list) -> list:
+    """Return a chat session's messages as clients send them, the form answers are keyed by.
+
+    The chat form itself, but for Ollama's /api/chat, whose messages are mapped back to
+    Ollama's shape (ollama.from_chat), so that a request matches whatever way its file wrote
+    them (tool call arguments spaced or not, `#### thinking` or `#### reasoning_content`).
+    """
+    return ollama.request_messages(messages) if ollama.is_ollama_chat(path) else messages
+
+
+def shown_messages(path: str, messages: list) -> list:
+    """Return a chat request's messages in the chat form a session file shows them in."""
+    return ollama.chat_messages(messages) if ollama.is_ollama_chat(path) else messages
 
 
 def params_key(params: dict) -> str:
@@ -261,7 +276,7 @@ class Store:
                 _insert(self.generic.setdefault(fp, []), ans)
                 entry.keys.append(fp)
             return
-        hashes = chain(s.path, s.messages)
+        hashes = chain(s.path, key_messages(s.path, s.messages))
         params = {k: v for k, v in s.params.items() if k not in VOLATILE_FIELDS and v is not None}
         pk = params_key(params)
         canon = {k: canonical(v) for k, v in params.items()}
@@ -422,8 +437,9 @@ class Store:
                     pk, Group(params, {k: canonical(v) for k, v in params.items()}))
                 _insert(g.answers, Answer(session=source, index=index, line=0, kind="chat",
                                           message=message, meta=meta, recorded_at=exchange.recorded_at))
-                self._near_index(req.path).add(body["messages"], (
-                    source, 0, params, body["messages"], len(body["messages"]), None))
+                shown = shown_messages(req.path, body["messages"])
+                self._near_index(req.path).add(shown, (
+                    source, 0, params, shown, len(shown), None))
                 return True
         meta = answers.generic_meta(exchange)
         fp = fingerprint(req.method, req.path, req.query, req.body, req.json)
@@ -449,7 +465,8 @@ class Store:
             return None
         s = entry.session
         i = s.lines.index(line)
-        for g in self.chat.get(chain(s.path, s.messages[:i])[-1], {}).values():
+        for g in self.chat.get(chain(s.path, key_messages(s.path, s.messages[:i]))[-1],
+                               {}).values():
             for a in g.answers:
                 if a.session == file and a.line == line:
                     return a
@@ -480,8 +497,9 @@ class Store:
         if near is None:
             return None
         body = req.json
-        refs = near.candidates(body["messages"], alive=self._alive)
-        return nearest(request_params(body), body["messages"],
+        messages = shown_messages(req.path, body["messages"])
+        refs = near.candidates(messages, alive=self._alive)
+        return nearest(request_params(body), messages,
                        [(f, p, ms[:i], line) for f, line, p, ms, i, _ in refs])
 
     def _alive(self, ref: tuple) -> bool:
@@ -580,10 +598,10 @@ class Store:
         # Returns None when the conversation has no faithful markdown form (an unknown role,
         # say): the caller records the exchange in the generic form instead.
         body = req.json
-        messages = body["messages"]
         params = request_params(body)
         pk = params_key(params)
-        hashes = chain(req.path, messages)
+        hashes = chain(req.path, body["messages"])
+        messages = shown_messages(req.path, body["messages"])
         target = self._tip(pk, hashes, messages)
         if target is not None and not self._queued.get(target) and not self._disk_holds(target):
             # Someone edited the file since we read it: take their version into account first.
@@ -612,6 +630,11 @@ class Store:
             return None
         if [normalize_message(m) for m in got.messages] != [normalize_message(m) for m in expected]:
             return None
+        if ollama.is_ollama_chat(req.path) and (
+                [canonical(normalize_message(m)) for m in key_messages(req.path, got.messages)]
+                != [canonical(normalize_message(m))
+                    for m in [*body["messages"], ollama.from_chat(answer)]]):
+            return None  # the mapping lost something: keep the exchange exactly, generically
         shown = got.responses.get(len(got.messages) - 1, {}).get("choices")
         if [normalize_message(m) for m in shown or []] != [
                 normalize_message(m) for m in meta.get("choices") or []]:

@@ -42,10 +42,11 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from rechat import __version__, answers, render
-from rechat.exchange import Answer, Exchange, Request, Response
+from rechat.exchange import CHAT_PATHS, Answer, Exchange, Request, Response
 from rechat.fingerprint import request_params
 from rechat.logdb import KINDS, LogError, RequestLog
 from rechat.matching import NearIndex, diff, nearest
+from rechat.store import shown_messages
 from rechat.sse import SSEParser
 
 log = logging.getLogger("rechat")
@@ -336,7 +337,7 @@ class WebUI:
         body = ev.request.json if isinstance(ev.request.json, dict) else {}
         model = body.get("model") if isinstance(body.get("model"), str) else None
         return {"id": ev.id, "method": ev.request.method, "path": ev.request.path,
-                "model": model, "stream": body.get("stream") is True, "client": ev.client,
+                "model": model, "stream": ev.request.wants_stream, "client": ev.client,
                 "started_at": ev.started_at, "elapsed_ms": round((now - ev.started_at) * 1000, 1),
                 "run": self.log.run if self.log else None}
 
@@ -397,7 +398,8 @@ class WebUI:
                 body_json = json.loads(reqb)
             except (ValueError, UnicodeDecodeError):
                 body_json = None
-        is_chat = (row["method"] == "POST" and row["path"].endswith("/chat/completions")
+        is_chat = (row["method"] == "POST" and (row["path"].endswith("/chat/completions")
+                                                 or row["path"] in CHAT_PATHS)
                    and isinstance(body_json, dict) and isinstance(body_json.get("messages"), list))
         answer_msg, answer_meta = None, None
         session_answer = self._answer_at(row.get("session"), row.get("exchange")) \
@@ -428,7 +430,8 @@ class WebUI:
             if answer_msg is None and session_answer is not None and session_answer.message is not None:
                 answer_msg, answer_meta = session_answer.message, session_answer.meta
             out["conversation_html"] = render.conversation_html(
-                request_params(body_json), body_json["messages"], answer_msg, answer_meta)
+                request_params(body_json), shown_messages(row["path"], body_json["messages"]),
+                answer_msg, answer_meta)
             if row["kind"] != "replay":
                 out["_nearest_args"] = self._nearest_args(row, body_json, reqb or b"")
         if row.get("session"):
@@ -451,7 +454,7 @@ class WebUI:
         if self.store.answer_count > 20000:
             return None  # too many to scan for the second best; the log row says enough
         others = [r for r in self.store.requests(row["path"]) if (r[0], r[3]) != own]
-        return ("scan", others, body)
+        return ("scan", others, {**body, "messages": shown_messages(row["path"], body["messages"])})
 
     def _nearest(self, how: str, data: Any, body: dict) -> dict | None:
         params, messages = request_params(body), body["messages"]
