@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
+from rechat import http1
 from rechat.exchange import Request
 from rechat.modelmap import ModelMap, ModelRestore, rewrite_request_bytes
 from rechat.routes import Balancer, Route, auth_headers, check_keys, merge_models
@@ -69,6 +71,7 @@ class Gateway:
                                  default_port=s.default_port)
         self.upstreams = {r.name: Upstream(r.url, r.timeout_s or s.timeout_s) for r in s.routes}
         self.session: aiohttp.ClientSession | None = None
+        self.fast: http1.Client | None = None
 
     @property
     def routes(self) -> tuple[Route, ...]:
@@ -101,11 +104,17 @@ class Gateway:
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
             auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar())
+        if os.environ.get("RECHAT_UPSTREAM_CLIENT", "").lower() != "aiohttp":
+            self.fast = http1.Client()  # plain-http upstreams (RECHAT_UPSTREAM_CLIENT=aiohttp: off)
         for up in self.upstreams.values():
             up.session = self.session
+            up.fast = self.fast
 
     async def close(self) -> None:
         """Close the client session."""
+        if self.fast is not None:
+            await self.fast.close()
+            self.fast = None
         if self.session is not None:
             await self.session.close()
             self.session = None

@@ -4,7 +4,8 @@ Owns the URL rule and the sending of one request. UPSTREAM works the way `OPENAI
 does: the client's `/v1/X` goes to `UPSTREAM/X`, whether UPSTREAM ends in `/v1` (OpenAI, vLLM,
 llama.cpp) or not (a mock serving at its root). Paths outside `/v1` (Ollama's `/api/...`) go
 to the same server with UPSTREAM's trailing `/v1` removed. The client session is shared by all
-upstreams and owned by the gateway. Must not import the proxy.
+upstreams and owned by the gateway, and so is the `http1.Client` that plain-http upstreams use
+for the requests it takes (rechat/http1.py says why). Must not import the proxy.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import aiohttp
 from yarl import URL
 
+from rechat import http1
 from rechat.errors import ConfigError
 
 # RFC 9110 section 7.6.1: connection-specific headers a proxy must not forward.
@@ -23,7 +25,8 @@ _AUTO = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
 class Upstream:
-    """One upstream base URL; `session` (an aiohttp.ClientSession) is set by its owner.
+    """One upstream base URL; `session` (an aiohttp.ClientSession) and `fast` (an
+    `http1.Client`, or None to send everything through `session`) are set by its owner.
 
     `timeout_s` bounds connecting and each read (seconds; a stream may last longer as long as
     bytes keep coming). Raises ConfigError for a URL that is not http(s).
@@ -35,8 +38,13 @@ class Upstream:
         if u.scheme not in ("http", "https") or not u.host:
             raise ConfigError(f"upstream must be an http(s) URL, got {base_url!r}")
         self.base = base_url.rstrip("/")
+        self.timeout_s = timeout_s
         self.timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)
         self.session = session
+        self.fast: http1.Client | None = None
+        self._plain = u.scheme == "http" and not u.user and not u.password
+        self._host, self._port = u.host, u.port or 80
+        self._path = u.raw_path.rstrip("/")  # the base's path, as written (percent-encoded)
 
     def url(self, path: str, query: str = "") -> URL:
         """Return the upstream URL for the client's `path` (``/v1/X`` -> ``UPSTREAM/X``)."""
@@ -58,6 +66,14 @@ class Upstream:
                if k.lower() not in HOP_BY_HOP and k.lower() not in ("host", "content-length")]
         sent = {k.lower() for k, _ in out}
         skip = [h for h in _AUTO if h.lower() not in sent]
+        if self.fast is not None and self._plain and http1.handles(method, out):
+            if path.startswith("/v1/") or path == "/v1":
+                target = self._path + path[3:]
+            else:
+                target = self._path.removesuffix("/v1") + path
+            return self.fast.request(method, self._host, self._port,
+                                     (target or "/") + (f"?{query}" if query else ""), out,
+                                     body, self.timeout_s)
         return self.session.request(method, self.url(path, query), headers=out,
                                     data=body if body else None, allow_redirects=False,
                                     skip_auto_headers=skip, timeout=self.timeout)
