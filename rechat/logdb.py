@@ -453,13 +453,14 @@ def _hash(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-_request_cache: dict[bytes, tuple] = {}
+_request_cache: dict[tuple[bytes, str], tuple] = {}
 
 
 def _request_facts(req: Any, body_hash: bytes | None) -> tuple[str | None, int, str | None]:
     """(model asked, stream asked, prompt preview) of a request; the same body gives the
     same facts, so they are computed once per distinct body."""
-    facts = _request_cache.get(body_hash) if body_hash is not None else None
+    key = (body_hash, req.path)  # the path too: Ollama's chat and generate stream by default
+    facts = _request_cache.get(key) if body_hash is not None else None
     if facts is not None:
         return facts
     body = req.json
@@ -468,7 +469,7 @@ def _request_facts(req: Any, body_hash: bytes | None) -> tuple[str | None, int, 
     if type(body) is dict:
         m = body.get("model")
         model = m if isinstance(m, str) else None
-        stream = 1 if body.get("stream") is True else 0
+        stream = 1 if req.wants_stream else 0
         msgs = body.get("messages")
         if isinstance(msgs, list) and msgs:
             prompt = _preview(msgs[-1])
@@ -480,7 +481,7 @@ def _request_facts(req: Any, body_hash: bytes | None) -> tuple[str | None, int, 
     if body_hash is not None:
         if len(_request_cache) > 4096:
             _request_cache.clear()
-        _request_cache[body_hash] = facts
+        _request_cache[key] = facts
     return facts
 
 

@@ -517,3 +517,20 @@ def test_a_conversation_the_chat_form_cannot_hold_is_kept_generic(fake, start_re
     fake.stop()
     rp = start_rechat("replay", "s")
     assert post(rp.base, q)[2] == recorded
+
+
+def test_the_request_log_counts_an_ollama_chat_without_stream_as_streamed():
+    from rechat.exchange import Request, Response
+    from rechat.logdb import COLUMNS, row_from_event
+    from rechat.proxy import ProxyEvent
+
+    body = b'{"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}'
+    stream = COLUMNS.index("stream")
+    rows = {}
+    for path in ("/api/chat", "/v1/chat/completions", "/api/generate"):
+        ev = ProxyEvent("forward", Request("POST", path, body=body), Response(200, [], b"{}"))
+        rows[path] = row_from_event(ev, "run")[0][stream]
+    assert rows == {"/api/chat": 1, "/v1/chat/completions": 0, "/api/generate": 1}
+    off = b'{"model": "llama3", "stream": false, "messages": []}'
+    ev = ProxyEvent("forward", Request("POST", "/api/chat", body=off), Response(200, [], b"{}"))
+    assert row_from_event(ev, "run")[0][stream] == 0
