@@ -22,12 +22,22 @@ the session (so it shows the answer as the file holds it now).
 Writing. `put(event)` turns a finished event into a row (a tuple; what depends only on the
 replayed answer or on the request body is computed once per answer or body) and appends it
 to a queue: a few microseconds on the event loop, and the event is freed at once. A writer
-thread waits `flush_s` after the first row of a batch, then inserts the batch in one
-transaction with multi-row INSERT statements (sqlite3 hands the GIL over around every
-statement: one statement per row would be one forced switch of the event loop per row), and
-hands the rows to `on_rows` (the web UI's live stream). Bodies are deduplicated by hash. If
-the disk falls behind by more than `max_pending` rows, new rows are dropped and counted
-(`dropped`), so the proxy never waits for the log. bench/bench_log.py measures the cost.
+thread inserts the queued rows in one transaction with multi-row INSERT statements (sqlite3
+hands the GIL over around every statement: one statement per row would be one forced switch
+of the event loop per row), and hands them to `on_rows` (the web UI's live stream). Bodies
+are deduplicated by hash.
+
+When it writes (write-behind, as loggers that must not slow the code they watch do): while
+someone watches the live stream, `flush_s` after the first row of a batch. Otherwise rows
+wait while the proxy is busy, and are written once no request has ended for `idle_s`, or the
+oldest waiting row is `max_delay_s` old, or `high_water` rows wait, or a reader asks (every
+read method first has what is queued written, so a query never misses a finished request).
+On a machine whose cores the proxy and its client already fill, an SQLite insert costs the
+proxy about twice its own CPU time (bench/bench_log.py, docs/performance.md); a burst of
+requests (a test suite, a benchmark of a workflow) then pays nothing for the log until it
+pauses, and sustained load pays for it every `high_water` rows. If the disk falls behind by
+more than `max_pending` rows, new rows are dropped and counted (`dropped`), so the proxy never
+waits for the log.
 
 Retention. Rows older than `max_age_days` are deleted when the log opens and then hourly,
 with the bodies no row refers to any more; when anything was deleted the database is
@@ -520,21 +530,28 @@ class RequestLog:
     """The request log at `path`: `open()`, then `put(event)` from the event loop, `close()`.
 
     `on_rows(rows)` is called on the writer thread with each batch of inserted rows (dicts of
-    `LIST_COLUMNS`) when `wants_rows()` is true; it must not block. The writer waits
-    `flush_s` after the first event of a batch, so rows reach the database (and the live
-    stream) at most about `flush_s` after their request ended, in one transaction per batch.
-    Reads (`logs`, `entry`, `stats`) are blocking: call them through `asyncio.to_thread`.
+    `LIST_COLUMNS`) when `wants_rows()` is true; it must not block. While `wants_rows()` is
+    true the writer waits `flush_s` (s) after the first event of a batch, so rows reach the
+    live stream at most about `flush_s` after their request ended; otherwise it waits as the
+    module docstring says (`idle_s`, `max_delay_s` in s; `high_water` rows; `max_delay_s` 0
+    writes every `flush_s`). Reads (`logs`, `entry`, `stats`, `count`) first have what is
+    queued written, and block: call them through `asyncio.to_thread`.
     """
 
     def __init__(self, path: str, max_age_days: float = 7.0,
                  on_rows: Callable[[list[dict]], None] | None = None,
-                 max_pending: int = 20000, batch: int = 2000, flush_s: float = 0.1) -> None:
+                 max_pending: int = 20000, batch: int = 2000, flush_s: float = 0.1,
+                 idle_s: float = 0.25, max_delay_s: float = 5.0,
+                 high_water: int = 5000) -> None:
         self.path = os.path.abspath(path)
         self.max_age_days = max_age_days
         self.on_rows = on_rows
         self.max_pending = max_pending
         self.batch = batch
         self.flush_s = flush_s
+        self.idle_s = idle_s
+        self.max_delay_s = max_delay_s
+        self.high_water = high_water
         self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         self.dropped = 0
         self.written = 0
@@ -548,6 +565,8 @@ class RequestLog:
         self._handled = 0  # events written or given up (writer side)
         self._facts: dict = {}  # per-answer facts (see _AnswerFacts); event loop side
         self._known: dict[bytes, None] = {}  # body hashes already in `bodies`
+        self._last_put = 0.0  # time.monotonic() of the last put (event loop side)
+        self._now = threading.Event()  # write what is queued without waiting (readers, close)
         self.wants_rows: Callable[[], bool] = lambda: True
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -576,6 +595,7 @@ class RequestLog:
         self._closed = True
         if self._thread is not None:
             self._q.put(_STOP)
+            self._now.set()
             self._thread.join(timeout)
         if self._db is not None:
             try:
@@ -605,16 +625,23 @@ class RequestLog:
                           getattr(event.request, "path", "?"))
             return
         self._queued += 1
+        self._last_put = time.monotonic()
         self._q.put(item)
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
-        """Block until every event queued so far is written (tests and benchmarks)."""
+        """Have every event queued so far written now, and block until it is (or `timeout`
+        s pass: then return False). Readers, tests and benchmarks call it."""
         target = self._queued
+        if self._handled >= target:
+            return True
+        if self._thread is None or not self._thread.is_alive():
+            return False
+        self._now.set()
         deadline = time.monotonic() + timeout
         while self._handled < target:
             if time.monotonic() > deadline:
                 return False
-            time.sleep(0.005)
+            time.sleep(0.002)
         return True
 
     # -- the writer thread -----------------------------------------------------------------
@@ -630,26 +657,44 @@ class RequestLog:
                     self._safe(self.prune)
                     next_prune = time.monotonic() + PRUNE_EVERY_S
                 continue
-            if item is not _STOP and self.flush_s:
-                # Let a batch gather: one transaction (and one GIL hand-over) per batch rather
-                # than per request is most of what makes the log cheap for the proxy.
-                time.sleep(self.flush_s)
-            items = []
-            while True:
+            if item is not _STOP:
+                self._gather()
+            self._now.clear()  # before draining: a reader asking from now on is served next
+            items: list = []
+            while True:  # everything queued, in transactions of at most `batch` rows
                 if item is _STOP:
                     stop = True  # still write what was queued after the marker
                 else:
                     items.append(item)
                 if len(items) >= self.batch:
-                    break
+                    self._commit(items)
+                    items = []
                 try:
                     item = self._q.get_nowait()
                 except queue.Empty:
                     break
-            t0 = time.thread_time()
-            self._safe(lambda: self._write(items))
-            self.writer_cpu_s += time.thread_time() - t0
-            self._handled += len(items)
+            if items:
+                self._commit(items)
+
+    def _gather(self) -> None:
+        # Let a batch gather (see the module docstring): one transaction per batch rather than
+        # per request, and while nobody watches, none at all until the proxy pauses.
+        start = time.monotonic()
+        while not self._now.is_set():
+            now = time.monotonic()
+            if self.wants_rows() or not self.max_delay_s:
+                if now - start >= self.flush_s:
+                    return
+            elif (now - self._last_put >= self.idle_s or now - start >= self.max_delay_s
+                    or self._q.qsize() >= self.high_water):
+                return
+            self._now.wait(self.flush_s if self.flush_s > 0 else 0.01)
+
+    def _commit(self, items: list) -> None:
+        t0 = time.thread_time()
+        self._safe(lambda: self._write(items))
+        self.writer_cpu_s += time.thread_time() - t0
+        self._handled += len(items)
 
     def _safe(self, fn: Callable[[], Any]) -> None:
         try:
@@ -714,6 +759,7 @@ class RequestLog:
     # -- reads (blocking) ------------------------------------------------------------------
 
     def _reader(self) -> sqlite3.Connection:
+        self.wait_idle(2.0)  # a query sees every request that ended before it
         db = connect(self.path, readonly=True)
         db.row_factory = sqlite3.Row
         return db
