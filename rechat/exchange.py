@@ -72,18 +72,62 @@ class Request:
     def is_chat(self) -> bool:
         """True for a chat request (OpenAI's chat completions or Ollama's /api/chat) whose body is
         a JSON object with a messages list."""
-        j = self.json
-        return (self.method == "POST" and self.path in CHAT_PATHS and isinstance(j, dict)
-                and isinstance(j.get("messages"), list))
+        return self.method == "POST" and self.path in CHAT_PATHS and self.shape.chat
 
     @property
     def wants_stream(self) -> bool:
         """True when the JSON body asks for ``stream: true``; for Ollama's /api/chat and
         /api/generate, unless it says ``stream: false`` (their default is to stream)."""
-        j = self.json
-        if self.path in _STREAM_BY_DEFAULT:
-            return isinstance(j, dict) and j.get("stream") is not False
-        return isinstance(j, dict) and j.get("stream") is True
+        return self.shape.stream
+
+    @property
+    def shape(self) -> "Shape":
+        """What the replay path asks of the body (see `Shape`), without parsing it again for a
+        body seen before: shapes of bodies up to 64 KiB are kept per (path, body), so replaying
+        the same request does not decode its JSON at all."""
+        key = (self.path, self.body)
+        got = _SHAPES.get(key) if len(self.body) <= _SHAPE_MAX else None
+        if got is None:
+            j = self.json
+            got = Shape.of(self.path, j)
+            if len(self.body) <= _SHAPE_MAX:
+                if len(_SHAPES) >= 4096:
+                    _SHAPES.clear()
+                _SHAPES[key] = got
+        return got
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """The facts of a request body the replay path needs, immutable and shareable.
+
+    `chat`: a JSON object with a ``messages`` list; `stream`: the answer is to be streamed
+    (``stream: true``, or for Ollama's /api/chat and /api/generate anything but
+    ``stream: false``); `include_usage`: ``stream_options.include_usage`` is true; `model`:
+    the ``model`` string or None.
+    """
+
+    chat: bool
+    stream: bool
+    include_usage: bool
+    model: str | None
+
+    @staticmethod
+    def of(path: str, j: Any) -> "Shape":
+        """The shape of the decoded body `j` sent to `path`."""
+        if not isinstance(j, dict):
+            return Shape(False, False, False, None)
+        stream = (j.get("stream") is not False if path in _STREAM_BY_DEFAULT
+                  else j.get("stream") is True)
+        opts = j.get("stream_options")
+        usage = isinstance(opts, dict) and opts.get("include_usage") is True
+        model = j.get("model")
+        return Shape(isinstance(j.get("messages"), list), stream, usage,
+                     model if isinstance(model, str) else None)
+
+
+_SHAPE_MAX = 1 << 16
+_SHAPES: dict[tuple[str, bytes], Shape] = {}
 
 
 @dataclass(slots=True)

@@ -199,10 +199,9 @@ class Proxy:
         `stream_options.include_usage` (a hand-written one also on `model`); edits make new
         Answer objects, so a cached reply never outlives the text it came from.
         """
-        body = req.json if isinstance(req.json, dict) else {}
-        opts = body.get("stream_options")
-        key = (id(answer), req.wants_stream, isinstance(opts, dict) and opts.get("include_usage"),
-               None if answer.meta else body.get("model"))
+        shape = req.shape  # no JSON decoding for a body seen before
+        key = (id(answer), shape.stream, shape.include_usage,
+               None if answer.meta else shape.model)
         got = self._replies.get(key) if cache else None
         if got is not None and got[0] is answer:
             self._replies.move_to_end(key)

@@ -382,7 +382,6 @@ class Store:
         return got
 
     def _chat_candidates(self, req: Request) -> tuple[str, list[Answer]]:
-        body = req.json
         key, rc = self._request_key(req)
         groups = self.chat.get(key)
         if not groups:
@@ -392,7 +391,7 @@ class Store:
             merged = sorted((a for g in groups.values() for a in g.answers), key=_order)
             return key, merged
         if self.match == "exact":
-            return self._exact(key, groups, body)
+            return self._exact(key, groups, req.json)
         best: tuple[str, Group] | None = None
         for pk, g in groups.items():
             ok = True
