@@ -66,12 +66,19 @@ _AGO = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+COALESCE_S = 0.05
+"""Seconds the live stream waits after an event for more to send in the same write."""
+
+
 class BadRequest(Exception):
     """A query parameter the API cannot use; answered with 400 and this message."""
 
 
 # ---------------------------------------------------------------------------------------------
 # The live stream
+
+
+_LIVE_JSON = json.JSONEncoder(ensure_ascii=False, default=str).encode  # one encoder, not one per event
 
 
 class Hub:
@@ -83,7 +90,7 @@ class Hub:
     def send(self, kind: str, data: Any) -> None:
         if not self.clients:
             return
-        frame = f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False, default=str)}\n\n".encode()
+        frame = f"event: {kind}\ndata: {_LIVE_JSON(data)}\n\n".encode()
         for q in list(self.clients):
             try:
                 q.put_nowait(frame)
@@ -116,6 +123,7 @@ class WebUI:
         self.log_error: str | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._summaries: dict[str, tuple[int, dict]] = {}
+        self._names: dict[tuple[str, str], str] = {}  # (root, session path) -> its UI name
         self._assets = _load_assets()
         token = config.ui_token or None
         self.token = token
@@ -334,10 +342,9 @@ class WebUI:
         return _json({"items": sorted(items, key=lambda i: i["started_at"]), "now": now})
 
     def _inflight_item(self, ev, now: float) -> dict:
-        body = ev.request.json if isinstance(ev.request.json, dict) else {}
-        model = body.get("model") if isinstance(body.get("model"), str) else None
+        shape = ev.request.shape  # kept per body: no JSON decoding for a body seen before
         return {"id": ev.id, "method": ev.request.method, "path": ev.request.path,
-                "model": model, "stream": ev.request.wants_stream, "client": ev.client,
+                "model": shape.model, "stream": shape.stream, "client": ev.client,
                 "started_at": ev.started_at, "elapsed_ms": round((now - ev.started_at) * 1000, 1),
                 "run": self.log.run if self.log else None}
 
@@ -361,6 +368,10 @@ class WebUI:
                     continue
                 if frame is None:
                     break
+                # Let the events of the next few requests join this write: one write (and one
+                # wake-up of this task) per COALESCE_S instead of per event under load. The page
+                # applies what arrives once per animation frame anyway.
+                await asyncio.sleep(COALESCE_S)
                 frames = [frame]
                 while not q.empty():  # whatever else is waiting goes out in the same write
                     frame = q.get_nowait()
@@ -522,9 +533,15 @@ class WebUI:
 
     def _name_of(self, path: str) -> str:
         root = self._root()
-        if path.startswith(root + os.sep):
-            return os.path.relpath(path, root).replace(os.sep, "/")
-        return path
+        key = (root, path)
+        got = self._names.get(key)
+        if got is None:
+            got = (os.path.relpath(path, root).replace(os.sep, "/")
+                   if path.startswith(root + os.sep) else path)
+            if len(self._names) >= 4096:
+                self._names.clear()
+            self._names[key] = got
+        return got
 
     def _path_of(self, name: str) -> str | None:
         """The known session file called `name` (relative to the sessions folder), or None."""
