@@ -339,6 +339,20 @@ class ModelRestore:
         # `old` ends inside JSON (unescaped quotes), so it occurs only where an event starts.
         return events if memo[1] is memo[0] else events.replace(old, b"data: " + memo[1])
 
+    def raw_rule(self) -> tuple[tuple[bytes, ...], bytes, bytes, tuple[bytes, ...]] | None:
+        """The byte rule of `feed_raw` for the chunks that follow one already renamed.
+
+        ``((), head, new_head, (b'"model"', b"\\\\u"))``: the JSON bytes of an object that
+        start with `head` (the bytes up to the end of the model value of a chunk renamed
+        before), hold neither ``"model"`` nor ``\\u`` after it and end with ``}`` turn into
+        `new_head` followed by the rest, as `feed_raw` gives; `new_head` is `head` itself when
+        the name is the one asked for. None until a chunk has been located. Stateless.
+        """
+        memo = self._memo
+        if memo is None:
+            return None
+        return (), memo[0], memo[1], (_KEY, b"\\u")
+
     def end(self) -> list[dict]:
         """Return [] (nothing is held)."""
         return []

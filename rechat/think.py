@@ -317,6 +317,22 @@ class ThinkTransform:
     def _first_bytes(self) -> tuple[bytes, ...]:
         return _first_bytes(self.mode, self.patterns)
 
+    def raw_rule(self) -> tuple[tuple[bytes, ...], bytes, bytes, tuple[bytes, ...]] | None:
+        """The byte rule `passes` applies to streamed objects while the state stays as it is.
+
+        ``(stops, b"", b"", ())``: an object whose JSON bytes hold none of `stops` passes
+        unchanged and leaves the state as it was; None while some rewriter is not idle (or
+        none exists yet). Stays valid until the next `feed` or `end`.
+        """
+        if self.mode is ThinkMode.KEEP:
+            return (), b"", b"", ()
+        if not self._rw:
+            return None
+        for rw in self._rw.values():
+            if rw._buf or rw._state or rw._at_start:
+                return None
+        return (b"\\u", *self._firsts), b"", b"", ()
+
     def feed_raw(self, raw: bytes, whole: bool = False) -> bytes | None:
         """Return `raw` when `passes` says the object encoded as `raw` passes, else None."""
         return raw if self.passes(raw, whole) else None
@@ -471,6 +487,47 @@ def _chain_raw(transforms: Sequence[ObjectTransform], raw: bytes,
     return raw
 
 
+def _chain(transforms: Sequence[ObjectTransform], raw: bytes, whole: bool = False,
+           one_line: bool = False) -> tuple[list[dict], bytes] | None:
+    """Run the one object encoded as `raw` through the transforms, as bytes where they can.
+
+    Each transform gets the bytes through its `feed_raw` when it has one and that decides;
+    otherwise the bytes are decoded (once, while they stay the same) and it gets the object
+    through `feed`. While `feed` returns the object itself, the next transforms go on with the
+    bytes, so e.g. a model renamed in the bytes keeps the upstream's spelling even when the
+    think rewrite had to decode. Returns ``(new objects to emit first, the bytes standing for
+    `raw`)``, those bytes `raw` itself when nothing changed (and, with `one_line`, free of CR
+    and LF, re-encoded otherwise); None when `raw` is not a JSON object (it then passes as is).
+    """
+    cur: bytes = raw
+    obj: Any = None  # cur decoded, when it has been
+    for i, t in enumerate(transforms):
+        feed_raw = getattr(t, "feed_raw", None)
+        if feed_raw is not None:
+            new = feed_raw(cur, whole)
+            if new is not None:
+                if new is not cur:
+                    cur, obj = new, None
+                continue
+        if obj is None:
+            try:
+                obj = json.loads(cur)
+            except (ValueError, UnicodeDecodeError):
+                return None
+            if not isinstance(obj, dict):
+                return None
+        items = t.feed(obj)
+        if len(items) == 1 and items[0] is obj:
+            continue
+        for u in transforms[i + 1:]:
+            items = [x for it in items for x in u.feed(it)]
+        last = cur if items[-1] is obj else _dumps(items[-1])
+        return items[:-1], last
+    if one_line and cur is not raw and (b"\n" in cur or b"\r" in cur):
+        return [], _dumps(json.loads(cur) if obj is None else obj)
+    return [], cur
+
+
 def _raw_events_of(t: ObjectTransform):
     """Return ``f(events, count) -> bytes | None``: `t`'s `feed_raw_events`, else its `passes`
     over the whole events (None: take them one by one), else a function that always declines."""
@@ -496,15 +553,9 @@ def rewrite_json(body: bytes, transforms: Sequence[ObjectTransform]) -> bytes:
     fast = _chain_raw(transforms, body, whole=True)
     if fast is not None:
         return fast
-    try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return body
-    if not isinstance(obj, dict):
-        return body
-    items = _chain_feed(transforms, obj)
+    got = _chain(transforms, body, whole=True)
     _chain_end(transforms)  # a whole answer leaves nothing held; this resets the transforms
-    return body if items[-1] is obj else _dumps(items[-1])
+    return body if got is None else got[1]
 
 
 # -- byte streams ----------------------------------------------------------------------------
@@ -544,14 +595,62 @@ class SSEStreamRewriter:
         self._bom = False  # the current block is the first and starts with a BOM
         self._ended = False  # end() objects already emitted
         self._closed = False
+        # (stops, head, new head, tail stops) while nothing is held and the transforms' rules
+        # hold (see _make_plan); None: no fused fast path for the next piece.
+        self._plan: tuple[tuple[bytes, ...], bytes, bytes | None, tuple[bytes, ...]] | None = None
 
     def feed(self, data: bytes) -> bytes:
         """Take the next piece of the upstream's body; return the bytes for the client."""
+        plan = self._plan
+        if plan is not None and data[-3:] == b"}\n\n" and data.find(b"\n") == len(data) - 2:
+            # The fused fast path (class docstring): one ``data: {...}\n\n`` event, nothing held.
+            stops, head, new, tail = plan
+            if data.startswith(head):
+                for stop in stops:
+                    if stop in data:
+                        break
+                else:
+                    n = len(head)
+                    for stop in tail:
+                        if data.find(stop, n) >= 0:
+                            break
+                    else:
+                        return data if new is None else new + data[n:]
         if self._closed:
             raise ValueError("SSEStreamRewriter.feed() called after close()")
         if not data:
             return b""
-        data = bytes(data)
+        out = self._feed(bytes(data))
+        self._plan = None if self._partial or self._block or self._closed else self._make_plan()
+        return out
+
+    def _make_plan(self) -> tuple[tuple[bytes, ...], bytes, bytes | None, tuple[bytes, ...]] | None:
+        """Fuse the transforms' `raw_rule`s into one test on an event's bytes, or None.
+
+        Only one transform (the last with a rule, so that no other rule reads renamed bytes)
+        may change bytes; the event must also hold no CR, so that its one line is its one
+        data line.
+        """
+        if self._first_line:
+            return None
+        stops: list[bytes] = [b"\r"]
+        head, new = b"", None
+        tail: tuple[bytes, ...] = ()
+        for t in self.transforms:
+            rule = getattr(t, "raw_rule", None)
+            got = rule() if rule is not None else None
+            if got is None or head:
+                return None  # no rule, or a rule after a renaming one
+            t_stops, t_head, t_new, t_tail = got
+            stops += t_stops
+            if t_head:
+                head, tail = t_head, t_tail
+                new = None if t_new is t_head or t_new == t_head else b"data: " + t_new
+            elif t_tail:
+                return None
+        return tuple(dict.fromkeys(stops)), b"data: " + head, new, tail
+
+    def _feed(self, data: bytes) -> bytes:
         if not self._partial and not self._block:
             fast = self._feed_events(data)
             if fast is not None:
@@ -669,26 +768,13 @@ class SSEStreamRewriter:
             return (b"" if self._ended else self._end()) + raw
         if _all_pass(self.transforms, data):
             return raw  # the common chunk: nothing to rewrite, no need to decode it
-        new = _chain_raw(self.transforms, data)
-        if new is data:
+        got = _chain(self.transforms, data, one_line=True)
+        if got is None:
             return raw
-        if new is not None and b"\n" not in new and b"\r" not in new:
-            # Decided from the bytes (e.g. only the model renamed); one line, as data: needs.
-            return self._replace_data(lines, first_data, new, bom)
-        try:
-            obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            return raw
-        if not isinstance(obj, dict):
-            return raw
-        items = _chain_feed(self.transforms, obj)
-        if len(items) == 1 and items[0] is obj:
-            return raw
-        out = [b"data: " + _dumps(o) + b"\n\n" for o in items[:-1]]
-        if items[-1] is obj:
-            out.append(raw)
-        else:
-            out.append(self._replace_data(lines, first_data, _dumps(items[-1]), bom))
+        before, new = got
+        out = [b"data: " + _dumps(o) + b"\n\n" for o in before]
+        # A changed object has one line, as data: needs (_chain's one_line).
+        out.append(raw if new is data else self._replace_data(lines, first_data, new, bom))
         return b"".join(out)
 
     @staticmethod
@@ -757,20 +843,12 @@ class NDJSONStreamRewriter:
         body = line.rstrip(b"\r\n")
         if not body.strip():
             return line
-        new = _chain_raw(self.transforms, body)
-        if new is not None:  # decided from the bytes: no need to decode the line
-            return line if new is body else new + line[len(body):]
-        try:
-            obj = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        got = _chain(self.transforms, body)
+        if got is None:
             return line
-        if not isinstance(obj, dict):
-            return line
-        items = _chain_feed(self.transforms, obj)
-        if len(items) == 1 and items[0] is obj:
-            return line
-        out = [_dumps(o) + b"\n" for o in items[:-1]]
-        out.append(line if items[-1] is obj else _dumps(items[-1]) + line[len(body):])
+        before, new = got
+        out = [_dumps(o) + b"\n" for o in before]
+        out.append(line if new is body else new + line[len(body):])
         return b"".join(out)
 
 

@@ -751,3 +751,91 @@ def test_sse_several_events_renamed_in_one_go_or_one_by_one():
         got = [json.loads(e) for e in events(out) if e != "[DONE]"]
         assert got == ref
         assert all(o["model"] == "gpt-4" for o in got if isinstance(o, dict))
+
+
+# -- the fused one-event fast path -----------------------------------------------------------
+# Once the transforms are idle (SSEStreamRewriter._plan), a piece that is one whole
+# ``data: {...}\n\n`` event is answered with one or two byte operations. Each stream below is
+# fed one event per piece, then at every split into two pieces, and must give exactly the
+# bytes of the general path (one byte at a time).
+
+def _renamed(objs: list, model: str = "llama3") -> list:
+    return [{**o, "model": model} if isinstance(o, dict) else o for o in objs]
+
+
+FUSED_STREAMS = {
+    "plain": chat_stream(["Hello", " world", ". How", " are you?"]),
+    "lt-later": chat_stream(["Hello", " world", " a < b", " and", " <think>x</think>", " end"]),
+    "marker-after-fast": chat_stream(["Hi", " there", " <th", "ink>secret</th", "ink>", " bye"]),
+    "harmony-after-fast": chat_stream(["Hi", " there", OPEN[:3], OPEN[3:] + "r", CLOSE + "ok"]),
+    "leading-ws": chat_stream(["  ", "\n", "<think>x</think>", "  \n", "Hi", " there"]),
+    "ws-then-text": chat_stream([" ", "\t", "Hi", " there", " again"]),
+    "escaped-ws": chat_stream(["\n\n", "\u00a0Hi", " there", " \u003cthink>"]),
+    "think-first": chat_stream(["<think>a", "b</think>", "\n\n", "Answer", " here"]),
+    "crlf-later": chat_stream(["Hi", " there"], done=False)
+        + b'data: {"model":"llama3","choices":[{"index":0,"delta":{"content":"x"}}]}\r\n\r\n'
+        + chat_stream([" more", " text"]),
+    "comment-later": chat_stream(["Hi", " there"], done=False) + b": keep-alive\n\n"
+        + chat_stream([" more", " text"]),
+    "multi-data-later": chat_stream(["Hi", " there"], done=False)
+        + b'data: {"model":"llama3",\ndata: "choices":[{"index":0,"delta":{"content":"x"}}]}\n\n'
+        + chat_stream([" more"]),
+    "typed-event-later": chat_stream(["Hi", " there"], done=False)
+        + b'event: other\ndata: {"model":"llama3","choices":[]}\n\n' + chat_stream([" more"]),
+    "other-prefix-later": chat_stream(["Hi", " there"], done=False)
+        + sse([{"id": "other", "model": "llama3", "choices": []}], done=False)
+        + chat_stream([" more"]),
+    "nested-model-later": chat_stream(["Hi", " there"], done=False)
+        + sse([chunk({"content": "x"}, tool={"model": "llama3"})], done=False)
+        + chat_stream([" more"]),
+    "two-choices": sse([chunk({"content": "Hi"}), chunk({"content": " a"}),
+                        chunk({"content": "b"}, index=1), chunk({"content": " <think>"}, index=1),
+                        chunk({"content": "x</think> c"}, index=1), chunk({}, "stop")]),
+}
+
+FUSED_CHAINS = {
+    "strip+restore": lambda: [ThinkTransform("strip"), ModelRestore("gpt-4")],
+    "tags+restore": lambda: [ThinkTransform("tags"), ModelRestore("gpt-4")],
+    "strip": lambda: [ThinkTransform("strip")],
+    "restore": lambda: [ModelRestore("gpt-4")],
+    "keep+restore": lambda: [ThinkTransform("keep"), ModelRestore("gpt-4")],
+    "restore+strip": lambda: [ModelRestore("gpt-4"), ThinkTransform("strip")],
+    "restore-asked": lambda: [ThinkTransform("strip"), ModelRestore("llama3")],
+}
+
+
+@pytest.mark.parametrize("chain", sorted(FUSED_CHAINS))
+@pytest.mark.parametrize("name", sorted(FUSED_STREAMS))
+def test_fused_fast_path_gives_the_general_paths_bytes(name, chain):
+    base = FUSED_STREAMS[name]
+    assert base.count(b'"model":"m"') >= 3
+    for data in (base, base.replace(b'"model":"m"', b'"model":"llama3"')):
+        make = FUSED_CHAINS[chain]
+        slow = byte_by_byte(data, make())
+        assert by_events(data, make()) == slow
+        assert run_sse(data, [], transforms=make()) == slow
+        ends = [m.end() for m in re.finditer(b"\n\n", data)]
+        for end in ends[:-1]:
+            # A fast-path piece, then the rest cut inside the next event (a marker or the model
+            # name split across pieces right after a fused piece).
+            for extra in (3, 9, 40, 80, 120):
+                rw = SSEStreamRewriter(make())
+                pieces = re.split(b"(?<=\n\n)", data[:end]) + [data[end:end + extra],
+                                                                  data[end + extra:]]
+                out = b"".join(rw.feed(p) for p in pieces if p) + rw.close()
+                assert out == slow, (end, extra)
+
+
+def test_fused_fast_path_is_taken_and_renames_in_the_bytes():
+    data = sse(_renamed([chunk({"role": "assistant", "content": ""}), chunk({"content": "Hi"}),
+                         chunk({"content": " there"}), chunk({"content": " you"})]),
+               done=False)
+    rw = SSEStreamRewriter([ThinkTransform("strip"), ModelRestore("gpt-4")])
+    pieces = re.split(b"(?<=\n\n)", data)
+    outs = []
+    for p in pieces[:-1]:
+        outs.append(rw.feed(p))
+    assert rw._plan is not None  # idle after the first events: the next plain event is fused
+    assert outs[-1] == pieces[-2].replace(b'"model":"llama3"', b'"model":"gpt-4"')
+    # Every event keeps the upstream's spelling, the first ones (decoded) included.
+    assert b"".join(outs) == b"".join(pieces[:-1]).replace(b'"model":"llama3"', b'"model":"gpt-4"')
