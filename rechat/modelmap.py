@@ -22,6 +22,7 @@ caller decodes. Pure and stdlib only; imports nothing from rechat but `errors`.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any, Mapping
@@ -228,7 +229,9 @@ def _model_span(raw: bytes) -> tuple[int, int] | None:
 
 
 def _looks_object(raw: bytes) -> bool:
-    return raw.lstrip(_WS)[:1] == b"{" and raw.rstrip(_WS)[-1:] == b"}"
+    # The usual body has no whitespace around it: no copies then.
+    return ((raw[:1] == b"{" or raw.lstrip(_WS)[:1] == b"{")
+            and (raw[-1:] == b"}" or raw.rstrip(_WS)[-1:] == b"}"))
 
 
 def _top_level(raw: bytes, i: int) -> bool:
@@ -247,6 +250,7 @@ def _top_level(raw: bytes, i: int) -> bool:
                                    - prefix.count(b"}") - prefix.count(b"]")) == 1
 
 
+@functools.lru_cache(maxsize=1024)
 def _encode(name: str) -> bytes:
     return json.dumps(name, ensure_ascii=False).encode("utf-8")
 
