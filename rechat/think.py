@@ -25,8 +25,14 @@ The object-transform protocol (duck-typed, so that modules need not import each 
 mutate their input. Optional byte-level shortcuts, which spare decoding and re-encoding:
 ``passes(raw, whole) -> bool`` (True: every object in the JSON bytes `raw` passes unchanged)
 and ``feed_raw(raw, whole) -> bytes | None`` (the JSON bytes `feed` would turn the one object
-`raw` into, as a single object and without any change of state; None: decode and `feed`), and
-``feed_raw_events(events, count) -> bytes | None``, the same over several whole SSE events.
+`raw` into, as a single object and without any change of state; None: decode and `feed`),
+``feed_raw_events(events, count) -> bytes | None``, the same over several whole SSE events, and
+``raw_rule() -> (stops, head, new_head, tail_stops) | None``: while the state stays as it is,
+the JSON bytes of an object that start with `head`, hold none of `stops`, none of
+`tail_stops` after `head` and end with ``}`` turn into `new_head` + the rest (None: no rule
+now). A transform without `feed_raw` is fed decoded objects; one whose `feed_raw` declines is
+fed the decoded object, and the transforms after it go on with the bytes while it returns
+the object unchanged.
 
 Default patterns are the OSS relay's (seed: openai-oss-relay-README.md, `ReplacementConfig`).
 """
@@ -547,8 +553,9 @@ def _dumps(obj: Any) -> bytes:
 def rewrite_json(body: bytes, transforms: Sequence[ObjectTransform]) -> bytes:
     """Rewrite a whole JSON answer body; return `body` itself when nothing changes.
 
-    A body that is not a JSON object passes unchanged. A changed body is re-encoded as compact
-    UTF-8 JSON (so its length changes: set Content-Length from the result).
+    A body that is not a JSON object passes unchanged. A body whose only change is made in the
+    bytes (the model renamed) keeps its spelling; any other changed body is re-encoded as
+    compact UTF-8 JSON. Either way its length may change: set Content-Length from the result.
     """
     fast = _chain_raw(transforms, body, whole=True)
     if fast is not None:
@@ -577,13 +584,20 @@ class SSEStreamRewriter:
     Before ``data: [DONE]``, and at `close()` when the stream ends without it, the transforms'
     `end()` objects are emitted. `close()` then returns any unterminated final block as is.
 
+    Fused fast path: once every transform gives a `raw_rule` (the think rewriters idle, the
+    model's place known from an earlier chunk) and nothing is held, a piece that is exactly
+    one ``data: {...}\n\n`` event without CR, starting with the rule's head and holding none
+    of its stop bytes (for the think rewrite, ``<`` or the first byte of another marker, and
+    ``\\u``) goes out as is or with its head swapped, in a few C calls and no state change.
+
     Fast path: a piece that arrives with nothing held and is made of whole ``data: X\n\n``
     events (LF only; maybe followed by the start of the next, which is held as usual) skips
     the line-by-line framing. If no transform can change anything in it (`passes` on its
     bytes), it goes out as is; otherwise each event goes through the transforms' byte-level
     `feed_raw` (a renamed model is swapped in the bytes), and only the events those cannot
-    decide are decoded. The output is the same as the general path's, but for an event whose
-    only change is made at byte level: it keeps the upstream's own JSON spelling.
+    decide are decoded. All paths give the same bytes: an event changed only at byte level
+    (a transform that decoded it left it unchanged) keeps the upstream's own JSON spelling;
+    one whose object changed is re-encoded as compact JSON.
     """
 
     def __init__(self, transforms: Sequence[ObjectTransform]) -> None:

@@ -839,3 +839,63 @@ def test_fused_fast_path_is_taken_and_renames_in_the_bytes():
     assert outs[-1] == pieces[-2].replace(b'"model":"llama3"', b'"model":"gpt-4"')
     # Every event keeps the upstream's spelling, the first ones (decoded) included.
     assert b"".join(outs) == b"".join(pieces[:-1]).replace(b'"model":"llama3"', b'"model":"gpt-4"')
+
+
+# -- the first chunks of a stream, while the rewriter is at the start of its text ----------
+
+def _first(delta: dict, *args, **kw) -> bytes:
+    return json.dumps(chunk(delta, *args, **kw)).encode()
+
+
+FIRST_CHUNKS = [
+    _first({"role": "assistant", "content": ""}),
+    _first({"role": "assistant", "content": "", "refusal": None}),
+    _first({"content": "Hi"}),
+    _first({"content": " Hi"}),                       # leading space: decoded
+    _first({"content": "\nHi"}),                      # leading escape: decoded
+    _first({"content": "\u00a0Hi"}),                  # not ASCII: decoded
+    _first({"content": "a\tb"}),
+    _first({"content": "x"}, "stop"),                 # finished: the start comes back
+    _first({"content": ""}, "stop"),
+    _first({"role": "user", "content": "x"}),
+    _first({"content": "x", "content2": "y"}),
+    _first({"content": "x"}, usage={"total_tokens": 3}),  # nested member: decoded
+    b'{"choices":[{"index":0,"delta":{"content":"x"}},{"index":1,"delta":{"content":"y"}}]}',
+    b'{"choices":[{"index":0,"delta":{"content":"x","content":""}}]}',  # duplicate key
+    b'{"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}],"id":"a"}',
+    b'{"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":"length"}]}',
+    b'{"choices":[{"index":0,"delta":{"content":"x"}}],"choices":[]}',
+    b' {"choices" : [ {"index" : 0 , "delta" : {"content" : "Hi"} } ] } ',
+    b'{"a":-1.5e3,"b":true,"c":null,"choices":[{"index":0,"delta":{"content":"x\\"y"}}]}',
+]
+
+
+@pytest.mark.parametrize("first", FIRST_CHUNKS)
+@pytest.mark.parametrize("second", [FIRST_CHUNKS[0], FIRST_CHUNKS[2], FIRST_CHUNKS[3], None])
+@pytest.mark.parametrize("rest", [["<think>x</think>", "  \n", "Hi"], ["\n<think>y</think> z"],
+                                  [" <b>", "bold"]])
+def test_first_chunks_give_what_feed_gives(first, second, rest):
+    objs = [json.loads(first)] + ([json.loads(second)] if second else [])
+    objs += [chunk({"content": c}) for c in rest] + [chunk({}, "stop")]
+    # The reference: every object decoded and fed (ThinkTransform.feed is the rule).
+    ref_t = ThinkTransform("strip")
+    ref = [x for o in objs for x in ref_t.feed(o)] + ref_t.end()
+    raws = [first] + ([second] if second else [])
+    data = b"".join(b"data: " + r + b"\n\n" for r in raws) + sse(objs[len(raws):])
+    for out in (by_events(data, [ThinkTransform("strip")]), byte_by_byte(data, [ThinkTransform("strip")]),
+                run_sse(data, [])):
+        got = [json.loads(e) for e in events(out) if e != "[DONE]"]
+        assert got == ref
+
+
+@pytest.mark.xfail(strict=True, reason="known, older than this test: a choice index first seen "
+                   "in an object that passes at byte level (every existing rewriter idle) gets "
+                   "no rewriter, so whether its text has started is lost (streams with n > 1)")
+def test_a_choice_index_first_seen_while_the_others_are_idle():
+    objs = [chunk({"content": "x"}, index=1), chunk({"content": "Hi"}),
+            chunk({"content": "<think>x</think>"}), chunk({"content": "  Hi"}), chunk({}, "stop")]
+    ref_t = ThinkTransform("strip")
+    ref = [x for o in objs for x in ref_t.feed(o)] + ref_t.end()
+    got = [json.loads(e) for e in events(by_events(sse(objs), [ThinkTransform("strip")]))
+           if e != "[DONE]"]
+    assert got == ref
