@@ -704,16 +704,57 @@ class SSEStreamRewriter:
             else:
                 return new
         out = []
-        for value in head[6:-2].split(b"\n\ndata: "):
+        values = head[6:-2].split(b"\n\ndata: ")
+        pos, tries = 0, 2  # pos: where the next event starts in head
+        for i, value in enumerate(values):
             if value == b"[DONE]":
                 out.append((b"" if self._ended else self._end()) + b"data: [DONE]\n\n")
-                continue
-            new = _chain_raw(self.transforms, value)
-            if new is None:
-                out.append(self._rewrite_block([b"data: " + value + b"\n", b"\n"]))
             else:
-                out.append(b"data: " + new + b"\n\n")
+                new = _chain_raw(self.transforms, value)
+                if new is None:
+                    out.append(self._rewrite_block([b"data: " + value + b"\n", b"\n"]))
+                else:
+                    out.append(b"data: " + new + b"\n\n")
+            pos += len(value) + 8
+            if tries and i + 1 < len(values):
+                # Once the transforms are idle (after the first events of a stream, say),
+                # the rest may go in one go under their fused rule.
+                plan = self._make_plan()
+                if plan is not None:
+                    tries -= 1
+                    rest = self._bulk(plan, head[pos:], len(values) - i - 1)
+                    if rest is not None:
+                        out.append(rest)
+                        break
         return b"".join(out)
+
+    def _bulk(self, plan: tuple[tuple[bytes, ...], bytes, bytes | None, tuple[bytes, ...]],
+              events: bytes, count: int) -> bytes | None:
+        """Apply the fused rule `plan` to `count` whole ``data: X\n\n`` events side by side
+        (LF only, one line each), maybe ending in ``data: [DONE]``; None: take them one by one.
+
+        Each X must be an object starting with the rule's head, so its head occurs once per
+        event (it holds quotes that are not escaped: never inside a JSON string), and each
+        tail stop only as often as the heads hold it.
+        """
+        stops, head, new, tail = plan
+        done = events.endswith(b"data: [DONE]\n\n")
+        if done:
+            events, count = events[:-14], count - 1
+        if count:
+            if events.count(b"}\n\n") != count or events.count(head) != count:
+                return None
+            for stop in stops:
+                if stop in events:
+                    return None
+            for stop in tail:
+                if events.count(stop) != count * head.count(stop):
+                    return None
+            if new is not None:
+                events = events.replace(head, new)
+        if done:
+            events += (b"" if self._ended else self._end()) + b"data: [DONE]\n\n"
+        return events
 
     def close(self) -> bytes:
         """End the stream; return the remaining bytes for the client."""

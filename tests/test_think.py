@@ -899,3 +899,32 @@ def test_a_choice_index_first_seen_while_the_others_are_idle():
     got = [json.loads(e) for e in events(by_events(sse(objs), [ThinkTransform("strip")]))
            if e != "[DONE]"]
     assert got == ref
+
+
+@pytest.mark.parametrize("chain", sorted(FUSED_CHAINS))
+@pytest.mark.parametrize("name", sorted(FUSED_STREAMS))
+def test_several_events_per_piece_give_the_general_paths_bytes(name, chain):
+    # The whole-event path goes one by one until the transforms are idle, then takes the
+    # rest of the piece in one go under the fused rule.
+    for data in (FUSED_STREAMS[name], FUSED_STREAMS[name].replace(b'"model":"m"', b'"model":"llama3"'),
+                 FUSED_STREAMS[name].replace(b"data: [DONE]\n\n", b"data: [DONE]\n\n: tail\n\n")):
+        make = FUSED_CHAINS[chain]
+        slow = byte_by_byte(data, make())
+        evs = re.split(b"(?<=\n\n)", data)
+        for size in (2, 3, 5, len(evs)):
+            for start in range(size):
+                groups = [b"".join(evs[:start])] + [b"".join(evs[j:j + size])
+                                                    for j in range(start, len(evs), size)]
+                rw = SSEStreamRewriter(make())
+                out = b"".join(rw.feed(g) for g in groups if g) + rw.close()
+                assert out == slow, (size, start)
+
+
+def test_a_whole_stream_in_one_piece_is_renamed_in_one_go():
+    data = sse(_renamed([chunk({"role": "assistant", "content": ""})]
+                        + [chunk({"content": c}) for c in ["Hi", " there", " you", " all"]]
+                        + [chunk({}, "stop")]))
+    rw = SSEStreamRewriter([ThinkTransform("strip"), ModelRestore("gpt-4")])
+    out = rw.feed(data) + rw.close()
+    assert out == data.replace(b'"model":"llama3"', b'"model":"gpt-4"')
+    assert out == byte_by_byte(data, [ThinkTransform("strip"), ModelRestore("gpt-4")])
