@@ -674,6 +674,21 @@ class SSEStreamRewriter:
         if b"\n" not in data and b"\r" not in data and not held_cr:
             partial.append(data)  # no line can complete; join later (O(n) for long lines)
             return b""
+        if partial and not self._block and not held_cr:
+            # The piece completes an event begun in an earlier one (pieces need not end where
+            # events do): that event takes the general path, the whole events after it the
+            # fast one. A blank line ends every line before it and the block: nothing is held.
+            end = data.find(b"\n\n")
+            if end >= 0 and b"\r" not in data[:end]:
+                partial.append(data[:end + 2])
+                first = b"".join(partial)
+                partial.clear()
+                out = self._lines(first, final=False)
+                rest = data[end + 2:]
+                if rest:
+                    fast = self._feed_events(rest)
+                    out += fast if fast is not None else self._feed(rest)
+                return out
         if partial:
             partial.append(data)
             data = b"".join(partial)
@@ -706,6 +721,11 @@ class SSEStreamRewriter:
         out = []
         values = head[6:-2].split(b"\n\ndata: ")
         pos, tries = 0, 2  # pos: where the next event starts in head
+        plan = self._make_plan()
+        if plan is not None:
+            whole = self._bulk(plan, head, len(values))
+            if whole is not None:
+                return whole
         for i, value in enumerate(values):
             if value == b"[DONE]":
                 out.append((b"" if self._ended else self._end()) + b"data: [DONE]\n\n")

@@ -928,3 +928,19 @@ def test_a_whole_stream_in_one_piece_is_renamed_in_one_go():
     out = rw.feed(data) + rw.close()
     assert out == data.replace(b'"model":"llama3"', b'"model":"gpt-4"')
     assert out == byte_by_byte(data, [ThinkTransform("strip"), ModelRestore("gpt-4")])
+
+
+@pytest.mark.parametrize("chain", ["strip+restore", "tags+restore", "strip", "restore"])
+@pytest.mark.parametrize("name", ["plain", "marker-after-fast", "leading-ws", "crlf-later",
+                                  "multi-data-later", "nested-model-later"])
+def test_a_piece_that_completes_an_event_then_brings_whole_ones(name, chain):
+    # Pieces cut anywhere: the event completed by a piece takes the general path, the whole
+    # events after it the fast ones; the bytes are the general path's at every cut.
+    data = FUSED_STREAMS[name].replace(b'"model":"m"', b'"model":"llama3"')
+    make = FUSED_CHAINS[chain]
+    slow = byte_by_byte(data, make())
+    for i in range(1, len(data)):
+        assert run_sse(data, [i], transforms=make()) == slow, i
+        j = i + (len(data) - i) // 3
+        if i < j:
+            assert run_sse(data, [i, j], transforms=make()) == slow, (i, j)
