@@ -2,7 +2,7 @@
 
 One run starts, each as its own process on 127.0.0.1 (free ports), all stopped at the end:
 
-    bare      bench_proxy.py's minimal aiohttp upstream (fixed chat completion, or 17 SSE events)
+    bare      bench_proxy.py's minimal aiohttp upstream (fixed chat completion, or 15 SSE events + [DONE])
     plain     `rechat passthrough BARE/v1`: forwarding only
     gateway   `rechat passthrough BARE/v1::gpt-4o-mini BARE2/v1::other --model-map ...
               --think strip`: routing by model among two upstreams, a model renamed (and

@@ -1,8 +1,9 @@
 """The gateway's own work per request, in process: what bench_gateway.py measures end to end,
 without the network, the servers or the machine's other load.
 
-For the bench's exchange (bench_proxy.REQUEST; the fixed completion, or its 17 SSE events and
-[DONE], each event a network piece as the bare server writes them), times in CPU
+For the bench's exchange (bench_proxy.REQUEST; the fixed completion, or its 15 SSE events and
+[DONE], either each event a network piece as the bare server writes them, or all of them in
+one piece, as the proxy mostly reads them from a local upstream), times in CPU
 microseconds, best of `--repeat`: `Gateway.outbound` + `candidates` + `headers` +
 `transforms`, then `rewrite_json` or an `SSEStreamRewriter` over the pieces. Configuration
 as bench_gateway.py's gateway: two routes, `{"/gpt-4o-.*/": "llama3"}`, `--think strip`, the
@@ -39,7 +40,10 @@ def gateway(restore: bool) -> Gateway:
                                    model_map=ModelMap.from_json('{"/gpt-4o-.*/": "llama3"}')))
 
 
-def one(gw: Gateway, body: bytes, stream: bool) -> None:
+WHOLE = [b"".join(bp.SSE_EVENTS)]
+
+
+def one(gw: Gateway, body: bytes, stream: bool, pieces: list[bytes] = bp.SSE_EVENTS) -> None:
     req = Request("POST", "/v1/chat/completions", "", [("Content-Type", "application/json")], body)
     out = gw.outbound(req)
     route, _ = gw.candidates(out.served, None)[0]
@@ -47,7 +51,7 @@ def one(gw: Gateway, body: bytes, stream: bool) -> None:
     transforms = gw.transforms(out.asked, out.served)
     if stream:
         rw = stream_rewriter("text/event-stream", transforms)
-        for ev in bp.SSE_EVENTS:
+        for ev in pieces:
             rw.feed(ev)
         rw.close()
     else:
@@ -61,16 +65,18 @@ def main() -> int:
     args = ap.parse_args()
     for restore in (True, False):
         gw = gateway(restore)
-        for stream in (False, True):
+        for stream, pieces, label in ((False, [], "json"),
+                                      (True, bp.SSE_EVENTS, "stream, a piece per event"),
+                                      (True, WHOLE, "stream, in one piece")):
             body = json.dumps(dict(bp.REQUEST, stream=True) if stream else bp.REQUEST).encode()
             best = float("inf")
             for _ in range(args.repeat):
                 t0 = time.thread_time()
                 for _ in range(args.number):
-                    one(gw, body, stream)
+                    one(gw, body, stream, pieces)
                 best = min(best, (time.thread_time() - t0) / args.number * 1e6)
             print(f"answer names the model {'asked' if restore else 'served'}, "
-                  f"{'stream' if stream else 'json'}: {best:6.1f} us CPU per request")
+                  f"{label}: {best:6.1f} us CPU per request")
     return 0
 
 

@@ -125,15 +125,29 @@ class Gateway:
         """Return what to send upstream for `req`: the model map and `--no-think` applied.
 
         The request as the client sent it stays the key of its recording, so changing these
-        options causes no misses. When only the model name changes, only its bytes do
-        (`modelmap.rewrite_request_bytes`); otherwise the body is re-encoded as
-        ``json.dumps(..., ensure_ascii=False)``.
+        options causes no misses. Without `--no-think` the model is read from `req.shape`
+        (kept per body, so a body seen before is not decoded again). When only the model name
+        changes, only its bytes do (`modelmap.rewrite_request_bytes`); otherwise the body is
+        re-encoded as ``json.dumps(..., ensure_ascii=False)``.
         """
+        s = self.settings
+        if not s.no_think:
+            # Only the model can change: `req.shape` has it (without decoding a body seen before).
+            asked = req.shape.model
+            if asked is None:
+                return Outbound(req.body, None, None)
+            served = s.model_map.resolve(asked)
+            if served == asked:
+                return Outbound(req.body, asked, served)
+            raw = rewrite_request_bytes(req.body, asked, served)
+            if raw is None:
+                raw = json.dumps({**req.json, "model": served}, ensure_ascii=False).encode()
+            return Outbound(raw, asked, served)
         body = req.json
         if not isinstance(body, dict):
             return Outbound(req.body, None, None)
-        mapped, asked, served = self.settings.model_map.rewrite_request(body)
-        new = no_think(mapped) if self.settings.no_think else mapped
+        mapped, asked, served = s.model_map.rewrite_request(body)
+        new = no_think(mapped)
         if new is body:
             return Outbound(req.body, asked, served)
         if new is mapped and asked is not None and served is not None:

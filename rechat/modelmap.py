@@ -22,6 +22,7 @@ caller decodes. Pure and stdlib only; imports nothing from rechat but `errors`.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any, Mapping
@@ -228,7 +229,9 @@ def _model_span(raw: bytes) -> tuple[int, int] | None:
 
 
 def _looks_object(raw: bytes) -> bool:
-    return raw.lstrip(_WS)[:1] == b"{" and raw.rstrip(_WS)[-1:] == b"}"
+    # The usual body has no whitespace around it: no copies then.
+    return ((raw[:1] == b"{" or raw.lstrip(_WS)[:1] == b"{")
+            and (raw[-1:] == b"}" or raw.rstrip(_WS)[-1:] == b"}"))
 
 
 def _top_level(raw: bytes, i: int) -> bool:
@@ -247,6 +250,7 @@ def _top_level(raw: bytes, i: int) -> bool:
                                    - prefix.count(b"}") - prefix.count(b"]")) == 1
 
 
+@functools.lru_cache(maxsize=1024)
 def _encode(name: str) -> bytes:
     return json.dumps(name, ensure_ascii=False).encode("utf-8")
 
@@ -338,6 +342,20 @@ class ModelRestore:
             return None
         # `old` ends inside JSON (unescaped quotes), so it occurs only where an event starts.
         return events if memo[1] is memo[0] else events.replace(old, b"data: " + memo[1])
+
+    def raw_rule(self) -> tuple[tuple[bytes, ...], bytes, bytes, tuple[bytes, ...]] | None:
+        """The byte rule of `feed_raw` for the chunks that follow one already renamed.
+
+        ``((), head, new_head, (b'"model"', b"\\\\u"))``: the JSON bytes of an object that
+        start with `head` (the bytes up to the end of the model value of a chunk renamed
+        before), hold neither ``"model"`` nor ``\\u`` after it and end with ``}`` turn into
+        `new_head` followed by the rest, as `feed_raw` gives; `new_head` is `head` itself when
+        the name is the one asked for. None until a chunk has been located. Stateless.
+        """
+        memo = self._memo
+        if memo is None:
+            return None
+        return (), memo[0], memo[1], (_KEY, b"\\u")
 
     def end(self) -> list[dict]:
         """Return [] (nothing is held)."""

@@ -461,6 +461,8 @@ class Balancer:
         self.default_port = default_port
         self.clock = clock
         self._health = {r.name: _Health() for r in self.routes}
+        # (model, port) -> (its pool, the pool's route names); routes never change.
+        self._pools: dict[tuple[str | None, int | None], tuple[tuple[Route, ...], tuple[str, ...]]] = {}
         self._current: dict[tuple[str, ...], dict[str, float]] = {}  # pool -> SWRR weights
 
     @classmethod
@@ -484,6 +486,19 @@ class Balancer:
         Routes listing the model, else routes listing no model. A request without a model
         (None) goes to the routes listing no model, else to every route on the port.
         """
+        return list(self._pool(model, port)[0])
+
+    def _pool(self, model: str | None, port: int | None) -> tuple[tuple[Route, ...], tuple[str, ...]]:
+        """`pool` as a tuple with its route names, kept per (model, port) (at most 1024)."""
+        hit = self._pools.get((model, port))
+        if hit is None:
+            if len(self._pools) >= 1024:
+                self._pools.clear()
+            routes = tuple(self._find_pool(model, port))
+            hit = self._pools[(model, port)] = (routes, tuple(r.name for r in routes))
+        return hit
+
+    def _find_pool(self, model: str | None, port: int | None) -> list[Route]:
         port = self.default_port if port is None else port
         here = [r for r in self.routes if self.port_of(r) == port]
         if model is not None:
@@ -500,14 +515,15 @@ class Balancer:
         whose cool-down ends soonest first (when every upstream failed recently, trying one
         beats refusing the request). Empty when no route serves `model` on `port`.
         """
-        pool = self.pool(model, port)
+        pool, key = self._pool(model, port)
         if not pool:
             return []
         now = self.clock()
+        if len(pool) == 1 and self._health[key[0]].cool_until <= now:
+            return [pool[0]]  # one healthy route: nothing to balance
         healthy = [r for r in pool if self._health[r.name].cool_until <= now]
         cooling = sorted((r for r in pool if self._health[r.name].cool_until > now),
                          key=lambda r: self._health[r.name].cool_until)
-        key = tuple(r.name for r in pool)
         if self.balance == "least-busy" and healthy:
             load = {r.name: self._health[r.name].in_flight / r.weight for r in healthy}
             low = min(load.values())

@@ -25,8 +25,14 @@ The object-transform protocol (duck-typed, so that modules need not import each 
 mutate their input. Optional byte-level shortcuts, which spare decoding and re-encoding:
 ``passes(raw, whole) -> bool`` (True: every object in the JSON bytes `raw` passes unchanged)
 and ``feed_raw(raw, whole) -> bytes | None`` (the JSON bytes `feed` would turn the one object
-`raw` into, as a single object and without any change of state; None: decode and `feed`), and
-``feed_raw_events(events, count) -> bytes | None``, the same over several whole SSE events.
+`raw` into, as a single object and without any change of state; None: decode and `feed`),
+``feed_raw_events(events, count) -> bytes | None``, the same over several whole SSE events, and
+``raw_rule() -> (stops, head, new_head, tail_stops) | None``: while the state stays as it is,
+the JSON bytes of an object that start with `head`, hold none of `stops`, none of
+`tail_stops` after `head` and end with ``}`` turn into `new_head` + the rest (None: no rule
+now). A transform without `feed_raw` is fed decoded objects; one whose `feed_raw` declines is
+fed the decoded object, and the transforms after it go on with the bytes while it returns
+the object unchanged.
 
 Default patterns are the OSS relay's (seed: openai-oss-relay-README.md, `ReplacementConfig`).
 """
@@ -317,6 +323,22 @@ class ThinkTransform:
     def _first_bytes(self) -> tuple[bytes, ...]:
         return _first_bytes(self.mode, self.patterns)
 
+    def raw_rule(self) -> tuple[tuple[bytes, ...], bytes, bytes, tuple[bytes, ...]] | None:
+        """The byte rule `passes` applies to streamed objects while the state stays as it is.
+
+        ``(stops, b"", b"", ())``: an object whose JSON bytes hold none of `stops` passes
+        unchanged and leaves the state as it was; None while some rewriter is not idle (or
+        none exists yet). Stays valid until the next `feed` or `end`.
+        """
+        if self.mode is ThinkMode.KEEP:
+            return (), b"", b"", ()
+        if not self._rw:
+            return None
+        for rw in self._rw.values():
+            if rw._buf or rw._state or rw._at_start:
+                return None
+        return (b"\\u", *self._firsts), b"", b"", ()
+
     def feed_raw(self, raw: bytes, whole: bool = False) -> bytes | None:
         """Return `raw` when `passes` says the object encoded as `raw` passes, else None."""
         return raw if self.passes(raw, whole) else None
@@ -471,6 +493,47 @@ def _chain_raw(transforms: Sequence[ObjectTransform], raw: bytes,
     return raw
 
 
+def _chain(transforms: Sequence[ObjectTransform], raw: bytes, whole: bool = False,
+           one_line: bool = False) -> tuple[list[dict], bytes] | None:
+    """Run the one object encoded as `raw` through the transforms, as bytes where they can.
+
+    Each transform gets the bytes through its `feed_raw` when it has one and that decides;
+    otherwise the bytes are decoded (once, while they stay the same) and it gets the object
+    through `feed`. While `feed` returns the object itself, the next transforms go on with the
+    bytes, so e.g. a model renamed in the bytes keeps the upstream's spelling even when the
+    think rewrite had to decode. Returns ``(new objects to emit first, the bytes standing for
+    `raw`)``, those bytes `raw` itself when nothing changed (and, with `one_line`, free of CR
+    and LF, re-encoded otherwise); None when `raw` is not a JSON object (it then passes as is).
+    """
+    cur: bytes = raw
+    obj: Any = None  # cur decoded, when it has been
+    for i, t in enumerate(transforms):
+        feed_raw = getattr(t, "feed_raw", None)
+        if feed_raw is not None:
+            new = feed_raw(cur, whole)
+            if new is not None:
+                if new is not cur:
+                    cur, obj = new, None
+                continue
+        if obj is None:
+            try:
+                obj = json.loads(cur)
+            except (ValueError, UnicodeDecodeError):
+                return None
+            if not isinstance(obj, dict):
+                return None
+        items = t.feed(obj)
+        if len(items) == 1 and items[0] is obj:
+            continue
+        for u in transforms[i + 1:]:
+            items = [x for it in items for x in u.feed(it)]
+        last = cur if items[-1] is obj else _dumps(items[-1])
+        return items[:-1], last
+    if one_line and cur is not raw and (b"\n" in cur or b"\r" in cur):
+        return [], _dumps(json.loads(cur) if obj is None else obj)
+    return [], cur
+
+
 def _raw_events_of(t: ObjectTransform):
     """Return ``f(events, count) -> bytes | None``: `t`'s `feed_raw_events`, else its `passes`
     over the whole events (None: take them one by one), else a function that always declines."""
@@ -490,21 +553,16 @@ def _dumps(obj: Any) -> bytes:
 def rewrite_json(body: bytes, transforms: Sequence[ObjectTransform]) -> bytes:
     """Rewrite a whole JSON answer body; return `body` itself when nothing changes.
 
-    A body that is not a JSON object passes unchanged. A changed body is re-encoded as compact
-    UTF-8 JSON (so its length changes: set Content-Length from the result).
+    A body that is not a JSON object passes unchanged. A body whose only change is made in the
+    bytes (the model renamed) keeps its spelling; any other changed body is re-encoded as
+    compact UTF-8 JSON. Either way its length may change: set Content-Length from the result.
     """
     fast = _chain_raw(transforms, body, whole=True)
     if fast is not None:
         return fast
-    try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return body
-    if not isinstance(obj, dict):
-        return body
-    items = _chain_feed(transforms, obj)
+    got = _chain(transforms, body, whole=True)
     _chain_end(transforms)  # a whole answer leaves nothing held; this resets the transforms
-    return body if items[-1] is obj else _dumps(items[-1])
+    return body if got is None else got[1]
 
 
 # -- byte streams ----------------------------------------------------------------------------
@@ -526,13 +584,20 @@ class SSEStreamRewriter:
     Before ``data: [DONE]``, and at `close()` when the stream ends without it, the transforms'
     `end()` objects are emitted. `close()` then returns any unterminated final block as is.
 
+    Fused fast path: once every transform gives a `raw_rule` (the think rewriters idle, the
+    model's place known from an earlier chunk) and nothing is held, a piece that is exactly
+    one ``data: {...}\n\n`` event without CR, starting with the rule's head and holding none
+    of its stop bytes (for the think rewrite, ``<`` or the first byte of another marker, and
+    ``\\u``) goes out as is or with its head swapped, in a few C calls and no state change.
+
     Fast path: a piece that arrives with nothing held and is made of whole ``data: X\n\n``
     events (LF only; maybe followed by the start of the next, which is held as usual) skips
     the line-by-line framing. If no transform can change anything in it (`passes` on its
     bytes), it goes out as is; otherwise each event goes through the transforms' byte-level
     `feed_raw` (a renamed model is swapped in the bytes), and only the events those cannot
-    decide are decoded. The output is the same as the general path's, but for an event whose
-    only change is made at byte level: it keeps the upstream's own JSON spelling.
+    decide are decoded. All paths give the same bytes: an event changed only at byte level
+    (a transform that decoded it left it unchanged) keeps the upstream's own JSON spelling;
+    one whose object changed is re-encoded as compact JSON.
     """
 
     def __init__(self, transforms: Sequence[ObjectTransform]) -> None:
@@ -544,14 +609,62 @@ class SSEStreamRewriter:
         self._bom = False  # the current block is the first and starts with a BOM
         self._ended = False  # end() objects already emitted
         self._closed = False
+        # (stops, head, new head, tail stops) while nothing is held and the transforms' rules
+        # hold (see _make_plan); None: no fused fast path for the next piece.
+        self._plan: tuple[tuple[bytes, ...], bytes, bytes | None, tuple[bytes, ...]] | None = None
 
     def feed(self, data: bytes) -> bytes:
         """Take the next piece of the upstream's body; return the bytes for the client."""
+        plan = self._plan
+        if plan is not None and data[-3:] == b"}\n\n" and data.find(b"\n") == len(data) - 2:
+            # The fused fast path (class docstring): one ``data: {...}\n\n`` event, nothing held.
+            stops, head, new, tail = plan
+            if data.startswith(head):
+                for stop in stops:
+                    if stop in data:
+                        break
+                else:
+                    n = len(head)
+                    for stop in tail:
+                        if data.find(stop, n) >= 0:
+                            break
+                    else:
+                        return data if new is None else new + data[n:]
         if self._closed:
             raise ValueError("SSEStreamRewriter.feed() called after close()")
         if not data:
             return b""
-        data = bytes(data)
+        out = self._feed(bytes(data))
+        self._plan = None if self._partial or self._block or self._closed else self._make_plan()
+        return out
+
+    def _make_plan(self) -> tuple[tuple[bytes, ...], bytes, bytes | None, tuple[bytes, ...]] | None:
+        """Fuse the transforms' `raw_rule`s into one test on an event's bytes, or None.
+
+        Only one transform (the last with a rule, so that no other rule reads renamed bytes)
+        may change bytes; the event must also hold no CR, so that its one line is its one
+        data line.
+        """
+        if self._first_line:
+            return None
+        stops: list[bytes] = [b"\r"]
+        head, new = b"", None
+        tail: tuple[bytes, ...] = ()
+        for t in self.transforms:
+            rule = getattr(t, "raw_rule", None)
+            got = rule() if rule is not None else None
+            if got is None or head:
+                return None  # no rule, or a rule after a renaming one
+            t_stops, t_head, t_new, t_tail = got
+            stops += t_stops
+            if t_head:
+                head, tail = t_head, t_tail
+                new = None if t_new is t_head or t_new == t_head else b"data: " + t_new
+            elif t_tail:
+                return None
+        return tuple(dict.fromkeys(stops)), b"data: " + head, new, tail
+
+    def _feed(self, data: bytes) -> bytes:
         if not self._partial and not self._block:
             fast = self._feed_events(data)
             if fast is not None:
@@ -561,6 +674,21 @@ class SSEStreamRewriter:
         if b"\n" not in data and b"\r" not in data and not held_cr:
             partial.append(data)  # no line can complete; join later (O(n) for long lines)
             return b""
+        if partial and not self._block and not held_cr:
+            # The piece completes an event begun in an earlier one (pieces need not end where
+            # events do): that event takes the general path, the whole events after it the
+            # fast one. A blank line ends every line before it and the block: nothing is held.
+            end = data.find(b"\n\n")
+            if end >= 0 and b"\r" not in data[:end]:
+                partial.append(data[:end + 2])
+                first = b"".join(partial)
+                partial.clear()
+                out = self._lines(first, final=False)
+                rest = data[end + 2:]
+                if rest:
+                    fast = self._feed_events(rest)
+                    out += fast if fast is not None else self._feed(rest)
+                return out
         if partial:
             partial.append(data)
             data = b"".join(partial)
@@ -591,16 +719,62 @@ class SSEStreamRewriter:
             else:
                 return new
         out = []
-        for value in head[6:-2].split(b"\n\ndata: "):
+        values = head[6:-2].split(b"\n\ndata: ")
+        pos, tries = 0, 2  # pos: where the next event starts in head
+        plan = self._make_plan()
+        if plan is not None:
+            whole = self._bulk(plan, head, len(values))
+            if whole is not None:
+                return whole
+        for i, value in enumerate(values):
             if value == b"[DONE]":
                 out.append((b"" if self._ended else self._end()) + b"data: [DONE]\n\n")
-                continue
-            new = _chain_raw(self.transforms, value)
-            if new is None:
-                out.append(self._rewrite_block([b"data: " + value + b"\n", b"\n"]))
             else:
-                out.append(b"data: " + new + b"\n\n")
+                new = _chain_raw(self.transforms, value)
+                if new is None:
+                    out.append(self._rewrite_block([b"data: " + value + b"\n", b"\n"]))
+                else:
+                    out.append(b"data: " + new + b"\n\n")
+            pos += len(value) + 8
+            if tries and i + 1 < len(values):
+                # Once the transforms are idle (after the first events of a stream, say),
+                # the rest may go in one go under their fused rule.
+                plan = self._make_plan()
+                if plan is not None:
+                    tries -= 1
+                    rest = self._bulk(plan, head[pos:], len(values) - i - 1)
+                    if rest is not None:
+                        out.append(rest)
+                        break
         return b"".join(out)
+
+    def _bulk(self, plan: tuple[tuple[bytes, ...], bytes, bytes | None, tuple[bytes, ...]],
+              events: bytes, count: int) -> bytes | None:
+        """Apply the fused rule `plan` to `count` whole ``data: X\n\n`` events side by side
+        (LF only, one line each), maybe ending in ``data: [DONE]``; None: take them one by one.
+
+        Each X must be an object starting with the rule's head, so its head occurs once per
+        event (it holds quotes that are not escaped: never inside a JSON string), and each
+        tail stop only as often as the heads hold it.
+        """
+        stops, head, new, tail = plan
+        done = events.endswith(b"data: [DONE]\n\n")
+        if done:
+            events, count = events[:-14], count - 1
+        if count:
+            if events.count(b"}\n\n") != count or events.count(head) != count:
+                return None
+            for stop in stops:
+                if stop in events:
+                    return None
+            for stop in tail:
+                if events.count(stop) != count * head.count(stop):
+                    return None
+            if new is not None:
+                events = events.replace(head, new)
+        if done:
+            events += (b"" if self._ended else self._end()) + b"data: [DONE]\n\n"
+        return events
 
     def close(self) -> bytes:
         """End the stream; return the remaining bytes for the client."""
@@ -669,26 +843,13 @@ class SSEStreamRewriter:
             return (b"" if self._ended else self._end()) + raw
         if _all_pass(self.transforms, data):
             return raw  # the common chunk: nothing to rewrite, no need to decode it
-        new = _chain_raw(self.transforms, data)
-        if new is data:
+        got = _chain(self.transforms, data, one_line=True)
+        if got is None:
             return raw
-        if new is not None and b"\n" not in new and b"\r" not in new:
-            # Decided from the bytes (e.g. only the model renamed); one line, as data: needs.
-            return self._replace_data(lines, first_data, new, bom)
-        try:
-            obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            return raw
-        if not isinstance(obj, dict):
-            return raw
-        items = _chain_feed(self.transforms, obj)
-        if len(items) == 1 and items[0] is obj:
-            return raw
-        out = [b"data: " + _dumps(o) + b"\n\n" for o in items[:-1]]
-        if items[-1] is obj:
-            out.append(raw)
-        else:
-            out.append(self._replace_data(lines, first_data, _dumps(items[-1]), bom))
+        before, new = got
+        out = [b"data: " + _dumps(o) + b"\n\n" for o in before]
+        # A changed object has one line, as data: needs (_chain's one_line).
+        out.append(raw if new is data else self._replace_data(lines, first_data, new, bom))
         return b"".join(out)
 
     @staticmethod
@@ -757,20 +918,12 @@ class NDJSONStreamRewriter:
         body = line.rstrip(b"\r\n")
         if not body.strip():
             return line
-        new = _chain_raw(self.transforms, body)
-        if new is not None:  # decided from the bytes: no need to decode the line
-            return line if new is body else new + line[len(body):]
-        try:
-            obj = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        got = _chain(self.transforms, body)
+        if got is None:
             return line
-        if not isinstance(obj, dict):
-            return line
-        items = _chain_feed(self.transforms, obj)
-        if len(items) == 1 and items[0] is obj:
-            return line
-        out = [_dumps(o) + b"\n" for o in items[:-1]]
-        out.append(line if items[-1] is obj else _dumps(items[-1]) + line[len(body):])
+        before, new = got
+        out = [_dumps(o) + b"\n" for o in before]
+        out.append(line if new is body else new + line[len(body):])
         return b"".join(out)
 
 

@@ -751,3 +751,196 @@ def test_sse_several_events_renamed_in_one_go_or_one_by_one():
         got = [json.loads(e) for e in events(out) if e != "[DONE]"]
         assert got == ref
         assert all(o["model"] == "gpt-4" for o in got if isinstance(o, dict))
+
+
+# -- the fused one-event fast path -----------------------------------------------------------
+# Once the transforms are idle (SSEStreamRewriter._plan), a piece that is one whole
+# ``data: {...}\n\n`` event is answered with one or two byte operations. Each stream below is
+# fed one event per piece, then at every split into two pieces, and must give exactly the
+# bytes of the general path (one byte at a time).
+
+def _renamed(objs: list, model: str = "llama3") -> list:
+    return [{**o, "model": model} if isinstance(o, dict) else o for o in objs]
+
+
+FUSED_STREAMS = {
+    "plain": chat_stream(["Hello", " world", ". How", " are you?"]),
+    "lt-later": chat_stream(["Hello", " world", " a < b", " and", " <think>x</think>", " end"]),
+    "marker-after-fast": chat_stream(["Hi", " there", " <th", "ink>secret</th", "ink>", " bye"]),
+    "harmony-after-fast": chat_stream(["Hi", " there", OPEN[:3], OPEN[3:] + "r", CLOSE + "ok"]),
+    "leading-ws": chat_stream(["  ", "\n", "<think>x</think>", "  \n", "Hi", " there"]),
+    "ws-then-text": chat_stream([" ", "\t", "Hi", " there", " again"]),
+    "escaped-ws": chat_stream(["\n\n", "\u00a0Hi", " there", " \u003cthink>"]),
+    "think-first": chat_stream(["<think>a", "b</think>", "\n\n", "Answer", " here"]),
+    "crlf-later": chat_stream(["Hi", " there"], done=False)
+        + b'data: {"model":"llama3","choices":[{"index":0,"delta":{"content":"x"}}]}\r\n\r\n'
+        + chat_stream([" more", " text"]),
+    "comment-later": chat_stream(["Hi", " there"], done=False) + b": keep-alive\n\n"
+        + chat_stream([" more", " text"]),
+    "multi-data-later": chat_stream(["Hi", " there"], done=False)
+        + b'data: {"model":"llama3",\ndata: "choices":[{"index":0,"delta":{"content":"x"}}]}\n\n'
+        + chat_stream([" more"]),
+    "typed-event-later": chat_stream(["Hi", " there"], done=False)
+        + b'event: other\ndata: {"model":"llama3","choices":[]}\n\n' + chat_stream([" more"]),
+    "other-prefix-later": chat_stream(["Hi", " there"], done=False)
+        + sse([{"id": "other", "model": "llama3", "choices": []}], done=False)
+        + chat_stream([" more"]),
+    "nested-model-later": chat_stream(["Hi", " there"], done=False)
+        + sse([chunk({"content": "x"}, tool={"model": "llama3"})], done=False)
+        + chat_stream([" more"]),
+    "two-choices": sse([chunk({"content": "Hi"}), chunk({"content": " a"}),
+                        chunk({"content": "b"}, index=1), chunk({"content": " <think>"}, index=1),
+                        chunk({"content": "x</think> c"}, index=1), chunk({}, "stop")]),
+}
+
+FUSED_CHAINS = {
+    "strip+restore": lambda: [ThinkTransform("strip"), ModelRestore("gpt-4")],
+    "tags+restore": lambda: [ThinkTransform("tags"), ModelRestore("gpt-4")],
+    "strip": lambda: [ThinkTransform("strip")],
+    "restore": lambda: [ModelRestore("gpt-4")],
+    "keep+restore": lambda: [ThinkTransform("keep"), ModelRestore("gpt-4")],
+    "restore+strip": lambda: [ModelRestore("gpt-4"), ThinkTransform("strip")],
+    "restore-asked": lambda: [ThinkTransform("strip"), ModelRestore("llama3")],
+}
+
+
+@pytest.mark.parametrize("chain", sorted(FUSED_CHAINS))
+@pytest.mark.parametrize("name", sorted(FUSED_STREAMS))
+def test_fused_fast_path_gives_the_general_paths_bytes(name, chain):
+    base = FUSED_STREAMS[name]
+    assert base.count(b'"model":"m"') >= 3
+    for data in (base, base.replace(b'"model":"m"', b'"model":"llama3"')):
+        make = FUSED_CHAINS[chain]
+        slow = byte_by_byte(data, make())
+        assert by_events(data, make()) == slow
+        assert run_sse(data, [], transforms=make()) == slow
+        ends = [m.end() for m in re.finditer(b"\n\n", data)]
+        for end in ends[:-1]:
+            # A fast-path piece, then the rest cut inside the next event (a marker or the model
+            # name split across pieces right after a fused piece).
+            for extra in (3, 9, 40, 80, 120):
+                rw = SSEStreamRewriter(make())
+                pieces = re.split(b"(?<=\n\n)", data[:end]) + [data[end:end + extra],
+                                                                  data[end + extra:]]
+                out = b"".join(rw.feed(p) for p in pieces if p) + rw.close()
+                assert out == slow, (end, extra)
+
+
+def test_fused_fast_path_is_taken_and_renames_in_the_bytes():
+    data = sse(_renamed([chunk({"role": "assistant", "content": ""}), chunk({"content": "Hi"}),
+                         chunk({"content": " there"}), chunk({"content": " you"})]),
+               done=False)
+    rw = SSEStreamRewriter([ThinkTransform("strip"), ModelRestore("gpt-4")])
+    pieces = re.split(b"(?<=\n\n)", data)
+    outs = []
+    for p in pieces[:-1]:
+        outs.append(rw.feed(p))
+    assert rw._plan is not None  # idle after the first events: the next plain event is fused
+    assert outs[-1] == pieces[-2].replace(b'"model":"llama3"', b'"model":"gpt-4"')
+    # Every event keeps the upstream's spelling, the first ones (decoded) included.
+    assert b"".join(outs) == b"".join(pieces[:-1]).replace(b'"model":"llama3"', b'"model":"gpt-4"')
+
+
+# -- the first chunks of a stream, while the rewriter is at the start of its text ----------
+
+def _first(delta: dict, *args, **kw) -> bytes:
+    return json.dumps(chunk(delta, *args, **kw)).encode()
+
+
+FIRST_CHUNKS = [
+    _first({"role": "assistant", "content": ""}),
+    _first({"role": "assistant", "content": "", "refusal": None}),
+    _first({"content": "Hi"}),
+    _first({"content": " Hi"}),                       # leading space: decoded
+    _first({"content": "\nHi"}),                      # leading escape: decoded
+    _first({"content": "\u00a0Hi"}),                  # not ASCII: decoded
+    _first({"content": "a\tb"}),
+    _first({"content": "x"}, "stop"),                 # finished: the start comes back
+    _first({"content": ""}, "stop"),
+    _first({"role": "user", "content": "x"}),
+    _first({"content": "x", "content2": "y"}),
+    _first({"content": "x"}, usage={"total_tokens": 3}),  # nested member: decoded
+    b'{"choices":[{"index":0,"delta":{"content":"x"}},{"index":1,"delta":{"content":"y"}}]}',
+    b'{"choices":[{"index":0,"delta":{"content":"x","content":""}}]}',  # duplicate key
+    b'{"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}],"id":"a"}',
+    b'{"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":"length"}]}',
+    b'{"choices":[{"index":0,"delta":{"content":"x"}}],"choices":[]}',
+    b' {"choices" : [ {"index" : 0 , "delta" : {"content" : "Hi"} } ] } ',
+    b'{"a":-1.5e3,"b":true,"c":null,"choices":[{"index":0,"delta":{"content":"x\\"y"}}]}',
+]
+
+
+@pytest.mark.parametrize("first", FIRST_CHUNKS)
+@pytest.mark.parametrize("second", [FIRST_CHUNKS[0], FIRST_CHUNKS[2], FIRST_CHUNKS[3], None])
+@pytest.mark.parametrize("rest", [["<think>x</think>", "  \n", "Hi"], ["\n<think>y</think> z"],
+                                  [" <b>", "bold"]])
+def test_first_chunks_give_what_feed_gives(first, second, rest):
+    objs = [json.loads(first)] + ([json.loads(second)] if second else [])
+    objs += [chunk({"content": c}) for c in rest] + [chunk({}, "stop")]
+    # The reference: every object decoded and fed (ThinkTransform.feed is the rule).
+    ref_t = ThinkTransform("strip")
+    ref = [x for o in objs for x in ref_t.feed(o)] + ref_t.end()
+    raws = [first] + ([second] if second else [])
+    data = b"".join(b"data: " + r + b"\n\n" for r in raws) + sse(objs[len(raws):])
+    for out in (by_events(data, [ThinkTransform("strip")]), byte_by_byte(data, [ThinkTransform("strip")]),
+                run_sse(data, [])):
+        got = [json.loads(e) for e in events(out) if e != "[DONE]"]
+        assert got == ref
+
+
+@pytest.mark.xfail(strict=True, reason="known, older than this test: a choice index first seen "
+                   "in an object that passes at byte level (every existing rewriter idle) gets "
+                   "no rewriter, so whether its text has started is lost (streams with n > 1)")
+def test_a_choice_index_first_seen_while_the_others_are_idle():
+    objs = [chunk({"content": "x"}, index=1), chunk({"content": "Hi"}),
+            chunk({"content": "<think>x</think>"}), chunk({"content": "  Hi"}), chunk({}, "stop")]
+    ref_t = ThinkTransform("strip")
+    ref = [x for o in objs for x in ref_t.feed(o)] + ref_t.end()
+    got = [json.loads(e) for e in events(by_events(sse(objs), [ThinkTransform("strip")]))
+           if e != "[DONE]"]
+    assert got == ref
+
+
+@pytest.mark.parametrize("chain", sorted(FUSED_CHAINS))
+@pytest.mark.parametrize("name", sorted(FUSED_STREAMS))
+def test_several_events_per_piece_give_the_general_paths_bytes(name, chain):
+    # The whole-event path goes one by one until the transforms are idle, then takes the
+    # rest of the piece in one go under the fused rule.
+    for data in (FUSED_STREAMS[name], FUSED_STREAMS[name].replace(b'"model":"m"', b'"model":"llama3"'),
+                 FUSED_STREAMS[name].replace(b"data: [DONE]\n\n", b"data: [DONE]\n\n: tail\n\n")):
+        make = FUSED_CHAINS[chain]
+        slow = byte_by_byte(data, make())
+        evs = re.split(b"(?<=\n\n)", data)
+        for size in (2, 3, 5, len(evs)):
+            for start in range(size):
+                groups = [b"".join(evs[:start])] + [b"".join(evs[j:j + size])
+                                                    for j in range(start, len(evs), size)]
+                rw = SSEStreamRewriter(make())
+                out = b"".join(rw.feed(g) for g in groups if g) + rw.close()
+                assert out == slow, (size, start)
+
+
+def test_a_whole_stream_in_one_piece_is_renamed_in_one_go():
+    data = sse(_renamed([chunk({"role": "assistant", "content": ""})]
+                        + [chunk({"content": c}) for c in ["Hi", " there", " you", " all"]]
+                        + [chunk({}, "stop")]))
+    rw = SSEStreamRewriter([ThinkTransform("strip"), ModelRestore("gpt-4")])
+    out = rw.feed(data) + rw.close()
+    assert out == data.replace(b'"model":"llama3"', b'"model":"gpt-4"')
+    assert out == byte_by_byte(data, [ThinkTransform("strip"), ModelRestore("gpt-4")])
+
+
+@pytest.mark.parametrize("chain", ["strip+restore", "tags+restore", "strip", "restore"])
+@pytest.mark.parametrize("name", ["plain", "marker-after-fast", "leading-ws", "crlf-later",
+                                  "multi-data-later", "nested-model-later"])
+def test_a_piece_that_completes_an_event_then_brings_whole_ones(name, chain):
+    # Pieces cut anywhere: the event completed by a piece takes the general path, the whole
+    # events after it the fast ones; the bytes are the general path's at every cut.
+    data = FUSED_STREAMS[name].replace(b'"model":"m"', b'"model":"llama3"')
+    make = FUSED_CHAINS[chain]
+    slow = byte_by_byte(data, make())
+    for i in range(1, len(data)):
+        assert run_sse(data, [i], transforms=make()) == slow, i
+        j = i + (len(data) - i) // 3
+        if i < j:
+            assert run_sse(data, [i, j], transforms=make()) == slow, (i, j)
