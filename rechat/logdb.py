@@ -364,7 +364,7 @@ class _AnswerFacts:
 
 
 def row_from_event(ev: Any, run: str, extra: dict | None = None,
-                   facts: dict | None = None) -> tuple[tuple, list[tuple[bytes, bytes]]]:
+                   facts: dict | None = None) -> tuple[tuple, tuple[tuple[bytes, bytes], ...]]:
     """Return (row, blobs) for a finished `ProxyEvent`.
 
     `row` holds the values of `COLUMNS` in order; `blobs` lists the (hash, body) pairs its
@@ -456,7 +456,9 @@ def row_from_event(ev: Any, run: str, extra: dict | None = None,
            match, score, play, plays, ms, ttfb, len(req.body), resp_bytes, *tokens, saved,
            session, exchange, line, ev.client or None, ev.detail or None, prompt, reply,
            req_headers, resp_headers, req_hash, resp_hash)
-    return row, blobs
+    # Tuples of atomic values only: the garbage collector stops tracking them, so rows waiting
+    # in the queue (write-behind) add nothing to its collections.
+    return row, tuple(blobs)
 
 
 def _hash(data: bytes) -> bytes:
