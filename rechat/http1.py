@@ -398,7 +398,6 @@ class Client:
         except OSError as e:
             raise aiohttp.ClientConnectionError(
                 f"cannot connect to {key[0]}:{key[1]}: {e.strerror or e}") from e
-        conn.timeout_s = timeout_s
         return conn
 
 
@@ -412,7 +411,7 @@ class _Call:
     async def __aenter__(self) -> Response:
         for attempt in (0, 1):
             conn = await self.client._connect(self.key, self.timeout_s, fresh=attempt == 1)
-            conn.timeout_s = self.timeout_s
+            conn.timeout_s = self.timeout_s  # a pooled connection may come from another call
             reused = conn.reused
             try:
                 head = conn.send(self.data)
@@ -431,9 +430,6 @@ class _Call:
     async def __aexit__(self, *exc: Any) -> None:
         if self.response is not None:
             self.response.release()
-
-    def __await__(self):
-        return self.__aenter__().__await__()
 
 
 def _host_header(host: str, port: int) -> str:

@@ -48,11 +48,7 @@ class Upstream:
 
     def url(self, path: str, query: str = "") -> URL:
         """Return the upstream URL for the client's `path` (``/v1/X`` -> ``UPSTREAM/X``)."""
-        if path.startswith("/v1/") or path == "/v1":
-            base, tail = self.base, path[3:]
-        else:
-            base, tail = self.base.removesuffix("/v1"), path
-        return URL(base + tail + (f"?{query}" if query else ""), encoded=True)
+        return URL(_join(self.base, path) + (f"?{query}" if query else ""), encoded=True)
 
     def request(self, method: str, path: str, query: str, headers: list[tuple[str, str]],
                 body: bytes):
@@ -67,13 +63,19 @@ class Upstream:
         sent = {k.lower() for k, _ in out}
         skip = [h for h in _AUTO if h.lower() not in sent]
         if self.fast is not None and self._plain and http1.handles(method, out):
-            if path.startswith("/v1/") or path == "/v1":
-                target = self._path + path[3:]
-            else:
-                target = self._path.removesuffix("/v1") + path
+            target = _join(self._path, path) or "/"
             return self.fast.request(method, self._host, self._port,
-                                     (target or "/") + (f"?{query}" if query else ""), out,
+                                     target + (f"?{query}" if query else ""), out,
                                      body, self.timeout_s)
         return self.session.request(method, self.url(path, query), headers=out,
                                     data=body if body else None, allow_redirects=False,
                                     skip_auto_headers=skip, timeout=self.timeout)
+
+
+def _join(base: str, path: str) -> str:
+    """The URL rule (module docstring): the client's ``/v1/X`` goes to ``BASE/X``; any other
+    path to the same server with BASE's trailing ``/v1`` removed. `base` is a whole base URL
+    or only its path."""
+    if path.startswith("/v1/") or path == "/v1":
+        return base + path[3:]
+    return base.removesuffix("/v1") + path
