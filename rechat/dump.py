@@ -215,6 +215,18 @@ _js = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 builds a new JSONEncoder on every call)."""
 
 
+def _upstream_json(url: str) -> str:
+    return _js(strip_userinfo(url))
+
+
+def _query_json(query: str) -> str:
+    return _js(clean_query(query))
+
+
+def _headers_json(headers) -> str:
+    return _js(_headers(headers))
+
+
 class LineEncoder:
     """`encode_line` for `ProxyEvent`s, with what repeats from request to request encoded once.
 
@@ -260,40 +272,27 @@ class LineEncoder:
         text = self._second[1]
         return f"{text[:20]}{frac:03d}{text[23:]}"
 
-    def _upstream(self, url: str) -> str:
-        got = self._strings.get("\0" + url)  # a key no JSON text can be: never mixed up
+    def _memo(self, cache: dict, key: Any, make: Callable[[Any], str], arg: Any) -> str:
+        # One bounded memo for every cache: cleared when full.
+        got = cache.get(key)
         if got is None:
-            if len(self._strings) >= self.limit:
-                self._strings.clear()
-            got = self._strings["\0" + url] = _js(strip_userinfo(url))
+            if len(cache) >= self.limit:
+                cache.clear()
+            got = cache[key] = make(arg)
         return got
+
+    def _upstream(self, url: str) -> str:
+        # "\0" and "\1" prefixes keep these keys apart from plain strings in the one dict.
+        return self._memo(self._strings, "\0" + url, _upstream_json, url)
 
     def _query(self, query: str) -> str:
-        if not query:
-            return '""'
-        got = self._strings.get("\1" + query)
-        if got is None:
-            if len(self._strings) >= self.limit:
-                self._strings.clear()
-            got = self._strings["\1" + query] = _js(clean_query(query))
-        return got
+        return self._memo(self._strings, "\1" + query, _query_json, query) if query else '""'
 
     def _str(self, value: str) -> str:
-        got = self._strings.get(value)
-        if got is None:
-            if len(self._strings) >= self.limit:
-                self._strings.clear()
-            got = self._strings[value] = _js(value)
-        return got
+        return self._memo(self._strings, value, _js, value)
 
     def _header_list(self, headers) -> str:
-        key = tuple(headers)
-        got = self._headers.get(key)
-        if got is None:
-            if len(self._headers) >= self.limit:
-                self._headers.clear()
-            got = self._headers[key] = _js(_headers(headers))
-        return got
+        return self._memo(self._headers, tuple(headers), _headers_json, headers)
 
     def _body(self, body: bytes) -> str:
         got = self._bodies.get(body)
