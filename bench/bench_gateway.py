@@ -115,8 +115,7 @@ def main() -> int:
                   f"{'PASS' if ratio <= TARGET else 'FAIL'}")
         return 0
     except Exception as e:  # the bench itself failed
-        print(f"bench failed: {e}", file=sys.stderr)
-        return 1
+        return bp.report_failure(e, servers)
     finally:
         for s in servers:
             s.stop()

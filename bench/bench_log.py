@@ -170,11 +170,7 @@ def main() -> int:
         print("bench interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        print(f"bench failed: {e}", file=sys.stderr)
-        for s in servers.values():
-            if s.proc is not None and s.proc.poll() is not None:
-                print(f"--- {s.name} log:\n{s.log_tail()}", file=sys.stderr)
-        return 1
+        return bp.report_failure(e, servers.values())
     finally:
         for v in viewers:
             v.stop()

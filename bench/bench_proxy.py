@@ -636,11 +636,7 @@ def main() -> int:
         print("bench interrupted; stopping the servers", file=sys.stderr)
         return 130
     except Exception as e:
-        print(f"bench failed: {e}", file=sys.stderr)
-        for s in servers.values():
-            if s.proc is not None and s.proc.poll() is not None:
-                print(f"--- {s.name} log:\n{s.log_tail()}", file=sys.stderr)
-        return 1
+        return report_failure(e, servers.values())
     finally:
         for s in servers.values():
             s.stop()
@@ -648,6 +644,16 @@ def main() -> int:
 
     report(results, scenarios, shapes, rounds, time.monotonic() - t_run, args)
     return 0
+
+
+def report_failure(error: Exception, servers) -> int:
+    """Print why the bench failed and the log tail of every server (an iterable of `Server`)
+    that exited; return 1, the bench's exit status for a failed run."""
+    print(f"bench failed: {error}", file=sys.stderr)
+    for s in servers:
+        if s.proc is not None and s.proc.poll() is not None:
+            print(f"--- {s.name} log:\n{s.log_tail()}", file=sys.stderr)
+    return 1
 
 
 def rechat_version() -> str:
