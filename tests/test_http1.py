@@ -90,9 +90,16 @@ async def upstream():
     await runner.cleanup()
 
 
-async def _raw_server(reply):
-    """A socket server that answers each request by calling `reply(transport)`."""
+@pytest.fixture
+async def raw_server():
+    """Start socket servers that answer each request by calling `reply(transport)`:
+    ``port = await raw_server(reply)``; all are closed after the test."""
+    servers = []
+
     class P(asyncio.Protocol):
+        def __init__(self, reply):
+            self.reply = reply
+
         def connection_made(self, t):
             self.t, self.buf = t, b""
 
@@ -100,10 +107,24 @@ async def _raw_server(reply):
             self.buf += d
             if b"\r\n\r\n" in self.buf:
                 self.buf = b""
-                reply(self.t)
+                self.reply(self.t)
 
-    server = await asyncio.get_running_loop().create_server(P, HOST, 0)
-    return server, server.sockets[0].getsockname()[1]
+    async def start(reply) -> int:
+        server = await asyncio.get_running_loop().create_server(lambda: P(reply), HOST, 0)
+        servers.append(server)
+        return server.sockets[0].getsockname()[1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+async def c():
+    """The client under test; its idle connections are closed after the test."""
+    client = http1.Client()
+    yield client
+    await client.close()
 
 
 async def _get(client: http1.Client, port: int, target: str, method: str = "GET",
@@ -112,162 +133,116 @@ async def _get(client: http1.Client, port: int, target: str, method: str = "GET"
         return r, await r.read()
 
 
-async def test_json_round_trips_and_the_connection_is_reused(upstream):
+async def test_json_round_trips_and_the_connection_is_reused(upstream, c):
     port, seen = upstream
-    c = http1.Client()
-    try:
-        for i in range(5):
-            r, body = await _get(c, port, f"/v1/echo?i={i}", "POST",
-                                 [("Content-Type", "application/json"), ("X-Trace", "T")],
-                                 b'{"a": 1}')
-            assert r.status == 200 and r.reason == "OK"
-            assert json.loads(body) == {"method": "POST", "path": f"/v1/echo?i={i}", "len": 8}
-            assert (b"X-Odd-Case", b"Kept") in r.raw_headers  # the upstream's spelling
-            assert r.headers["x-odd-case"] == "Kept"
-        assert len(seen["peers"]) == 1  # five requests, one connection
-        method, path, headers, body = seen["requests"][0]
-        assert dict(headers)[b"Host"] == f"{HOST}:{port}".encode()
-        assert dict(headers)[b"Content-Length"] == b"8" and dict(headers)[b"X-Trace"] == b"T"
-    finally:
-        await c.close()
+    for i in range(5):
+        r, body = await _get(c, port, f"/v1/echo?i={i}", "POST",
+                             [("Content-Type", "application/json"), ("X-Trace", "T")],
+                             b'{"a": 1}')
+        assert r.status == 200 and r.reason == "OK"
+        assert json.loads(body) == {"method": "POST", "path": f"/v1/echo?i={i}", "len": 8}
+        assert (b"X-Odd-Case", b"Kept") in r.raw_headers  # the upstream's spelling
+        assert r.headers["x-odd-case"] == "Kept"
+    assert len(seen["peers"]) == 1  # five requests, one connection
+    method, path, headers, body = seen["requests"][0]
+    assert dict(headers)[b"Host"] == f"{HOST}:{port}".encode()
+    assert dict(headers)[b"Content-Length"] == b"8" and dict(headers)[b"X-Trace"] == b"T"
 
 
-async def test_sse_chunks_arrive_as_they_are_sent(upstream):
+async def test_sse_chunks_arrive_as_they_are_sent(upstream, c):
     port, _ = upstream
-    c = http1.Client()
-    try:
-        async with c.request("GET", HOST, port, "/v1/sse", [], b"", 5) as r:
-            assert r.headers["Content-Type"] == "text/event-stream"
-            loop = asyncio.get_running_loop()
-            got = []
-            async for data in r.content.iter_any():
-                got.append((loop.time(), data))
-        assert b"".join(d for _, d in got) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
-        assert len(got) >= 3 and got[-1][0] - got[0][0] > 0.3  # not buffered to the end
-    finally:
-        await c.close()
+    async with c.request("GET", HOST, port, "/v1/sse", [], b"", 5) as r:
+        assert r.headers["Content-Type"] == "text/event-stream"
+        loop = asyncio.get_running_loop()
+        got = []
+        async for data in r.content.iter_any():
+            got.append((loop.time(), data))
+    assert b"".join(d for _, d in got) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+    assert len(got) >= 3 and got[-1][0] - got[0][0] > 0.3  # not buffered to the end
 
 
-async def test_gzip_and_deflate_bodies_are_decoded(upstream):
+async def test_gzip_and_deflate_bodies_are_decoded(upstream, c):
     port, _ = upstream
-    c = http1.Client()
-    try:
-        r, body = await _get(c, port, "/v1/gzip", headers=[("Accept-Encoding", "gzip")])
-        assert body == b"hello " * 1000 and r.headers["Content-Encoding"] == "gzip"
-        for raw in ("0", "1"):
-            r, body = await _get(c, port, f"/v1/deflate?raw={raw}")
-            assert body == b"deflated " * 500
-    finally:
-        await c.close()
+    r, body = await _get(c, port, "/v1/gzip", headers=[("Accept-Encoding", "gzip")])
+    assert body == b"hello " * 1000 and r.headers["Content-Encoding"] == "gzip"
+    for raw in ("0", "1"):
+        r, body = await _get(c, port, f"/v1/deflate?raw={raw}")
+        assert body == b"deflated " * 500
 
 
-async def test_a_large_chunked_body_arrives_whole(upstream):
+async def test_a_large_chunked_body_arrives_whole(upstream, c):
     port, _ = upstream
-    c = http1.Client()
-    try:
-        r, body = await _get(c, port, "/v1/big")
-        assert len(body) == 10_000_000 and r.content_length is None
-    finally:
-        await c.close()
+    r, body = await _get(c, port, "/v1/big")
+    assert len(body) == 10_000_000 and r.content_length is None
 
 
-async def test_no_content_and_bodyless_methods(upstream):
+async def test_no_content_and_bodyless_methods(upstream, c):
     port, seen = upstream
-    c = http1.Client()
-    try:
-        r, body = await _get(c, port, "/v1/empty", "DELETE")
-        assert (r.status, body) == (204, b"")
-        r, body = await _get(c, port, "/v1/echo", "POST")  # an empty POST says Content-Length: 0
-        assert json.loads(body)["len"] == 0
-        assert dict(seen["requests"][-1][2])[b"Content-Length"] == b"0"
-        r, body = await _get(c, port, "/v1/echo")
-        assert b"Content-Length" not in dict(seen["requests"][-1][2])
-        assert len(seen["peers"]) == 1
-    finally:
-        await c.close()
+    r, body = await _get(c, port, "/v1/empty", "DELETE")
+    assert (r.status, body) == (204, b"")
+    r, body = await _get(c, port, "/v1/echo", "POST")  # an empty POST says Content-Length: 0
+    assert json.loads(body)["len"] == 0
+    assert dict(seen["requests"][-1][2])[b"Content-Length"] == b"0"
+    r, body = await _get(c, port, "/v1/echo")
+    assert b"Content-Length" not in dict(seen["requests"][-1][2])
+    assert len(seen["peers"]) == 1
 
 
-async def test_a_body_until_close_and_an_interim_response():
+async def test_a_body_until_close_and_an_interim_response(raw_server, c):
     def until_close(t):
         t.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"
                 b"all of it")
         t.close()
-    server, port = await _raw_server(until_close)
-    c = http1.Client()
-    try:
-        r, body = await _get(c, port, "/x")
-        assert (r.status, body) == (200, b"all of it")
-        r, body = await _get(c, port, "/x")  # the closed connection is not reused
-        assert body == b"all of it"
-    finally:
-        await c.close()
-        server.close()
+    port = await raw_server(until_close)
+    r, body = await _get(c, port, "/x")
+    assert (r.status, body) == (200, b"all of it")
+    r, body = await _get(c, port, "/x")  # the closed connection is not reused
+    assert body == b"all of it"
 
 
-async def test_a_body_cut_short_is_a_payload_error():
+async def test_a_body_cut_short_is_a_payload_error(raw_server, c):
     def cut(t):
         t.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
         t.close()
-    server, port = await _raw_server(cut)
-    c = http1.Client()
-    try:
-        with pytest.raises(aiohttp.ClientPayloadError):
-            await _get(c, port, "/x")
-    finally:
-        await c.close()
-        server.close()
+    port = await raw_server(cut)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await _get(c, port, "/x")
 
 
-async def test_garbage_is_a_payload_error():
-    server, port = await _raw_server(lambda t: t.write(b"SPDY/9 what\r\n\r\n"))
-    c = http1.Client()
-    try:
-        with pytest.raises(aiohttp.ClientError):
-            await _get(c, port, "/x", timeout_s=2)
-    finally:
-        await c.close()
-        server.close()
+async def test_garbage_is_a_payload_error(raw_server, c):
+    port = await raw_server(lambda t: t.write(b"SPDY/9 what\r\n\r\n"))
+    with pytest.raises(aiohttp.ClientError):
+        await _get(c, port, "/x", timeout_s=2)
 
 
-async def test_an_idle_connection_the_server_closed_is_replaced():
+async def test_an_idle_connection_the_server_closed_is_replaced(raw_server, c):
     conns = []
 
     def answer_then_close_later(t):
         conns.append(t)
         t.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-    server, port = await _raw_server(answer_then_close_later)
-    c = http1.Client()
-    try:
-        assert (await _get(c, port, "/x"))[1] == b"ok"
-        conns[0].close()  # the server drops the idle keep-alive connection
-        await asyncio.sleep(0.05)
-        assert (await _get(c, port, "/x"))[1] == b"ok"
-        assert len(conns) == 2
-    finally:
-        await c.close()
-        server.close()
+    port = await raw_server(answer_then_close_later)
+    assert (await _get(c, port, "/x"))[1] == b"ok"
+    conns[0].close()  # the server drops the idle keep-alive connection
+    await asyncio.sleep(0.05)
+    assert (await _get(c, port, "/x"))[1] == b"ok"
+    assert len(conns) == 2
 
 
-async def test_refused_and_timeouts():
-    c = http1.Client()
+async def test_refused_and_timeouts(raw_server, c):
     srv = await asyncio.get_running_loop().create_server(asyncio.Protocol, HOST, 0)
     port = srv.sockets[0].getsockname()[1]
     srv.close()
     await srv.wait_closed()
-    try:
-        with pytest.raises(aiohttp.ClientConnectionError):
-            await _get(c, port, "/x")
-        silent, sport = await _raw_server(lambda t: None)
-        with pytest.raises(asyncio.TimeoutError):
-            await _get(c, sport, "/x", timeout_s=0.3)
-        silent.close()
-    finally:
-        await c.close()
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await _get(c, port, "/x")
+    silent = await raw_server(lambda t: None)
+    with pytest.raises(asyncio.TimeoutError):
+        await _get(c, silent, "/x", timeout_s=0.3)
 
 
-async def test_the_upstream_uses_it_for_plain_http_only(upstream):
+async def test_the_upstream_uses_it_for_plain_http_only(upstream, c):
     port, seen = upstream
-    c = http1.Client()
     async with aiohttp.ClientSession() as session:
         up = Upstream(f"http://{HOST}:{port}/v1", session=session)
         up.fast = c
@@ -292,7 +267,6 @@ async def test_the_upstream_uses_it_for_plain_http_only(upstream):
             "GET", "/v1/x", "", [], b"")
         assert not isinstance(call, http1._Call)
         call._coro.close()  # never sent
-    await c.close()
 
 
 def test_handles():
