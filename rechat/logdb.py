@@ -475,13 +475,10 @@ def _request_facts(req: Any, body_hash: bytes | None) -> tuple[str | None, int, 
     facts = _request_cache.get(key) if body_hash is not None else None
     if facts is not None:
         return facts
+    shape = req.shape  # the model and stream as the proxy reads them (exchange.Shape)
+    model, stream, prompt = shape.model, int(shape.stream), None
     body = req.json
-    model = prompt = None
-    stream = 0
     if type(body) is dict:
-        m = body.get("model")
-        model = m if isinstance(m, str) else None
-        stream = 1 if req.wants_stream else 0
         msgs = body.get("messages")
         if isinstance(msgs, list) and msgs:
             prompt = _preview(msgs[-1])
