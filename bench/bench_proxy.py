@@ -142,13 +142,110 @@ def run_raw_server(port: int) -> None:
                 self.transport.write(reply)
 
     async def main() -> None:
-        server = await asyncio.get_running_loop().create_server(Raw, HOST, port)
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        async with server:
-            await stop.wait()
+        await _serve_until_sigterm(await asyncio.get_running_loop().create_server(
+            Raw, HOST, port))
 
     asyncio.run(main())
+
+
+# -- the forwarding floors (run as `bench_proxy.py --pipe-server PORT UPSTREAM_PORT`, ...) -----
+
+async def _serve_until_sigterm(server) -> None:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with server:
+        await stop.wait()
+
+
+def run_pipe_server(port: int, upstream_port: int) -> None:
+    """The floor of any proxy: a byte pipe, each client connection joined to its own upstream
+    connection; no HTTP parsing at all. What one more loopback hop through a Python process
+    costs."""
+
+    class Up(asyncio.Protocol):
+        def __init__(self, down: asyncio.Transport) -> None:
+            self.down = down
+
+        def data_received(self, data: bytes) -> None:
+            self.down.write(data)
+
+        def connection_lost(self, exc) -> None:
+            self.down.close()
+
+    class Down(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.transport, self.up, self.early = transport, None, []
+            asyncio.get_running_loop().create_task(self._connect())
+
+        async def _connect(self) -> None:
+            up, _ = await asyncio.get_running_loop().create_connection(
+                lambda: Up(self.transport), HOST, upstream_port)
+            self.up = up
+            for data in self.early:
+                up.write(data)
+
+        def data_received(self, data: bytes) -> None:
+            if self.up is None:
+                self.early.append(data)
+            else:
+                self.up.write(data)
+
+        def connection_lost(self, exc) -> None:
+            if self.up is not None:
+                self.up.close()
+
+    async def main() -> None:
+        await _serve_until_sigterm(await asyncio.get_running_loop().create_server(
+            Down, HOST, port))
+
+    asyncio.run(main())
+
+
+def run_aiohttp_forward_server(port: int, upstream_port: int) -> None:
+    """The floor of a proxy built on aiohttp's server: a web.Application with one catch-all
+    handler that reads the body and sends it upstream with the least client there is (kept
+    connections, responses framed by Content-Length only, headers not even parsed), then
+    answers with the upstream's body. Anything rechat does on the way costs more than this."""
+    from aiohttp import web
+
+    class Least(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.transport, self.buf, self.waiter = transport, b"", None
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += data
+            i = self.buf.find(b"\r\n\r\n")
+            if i < 0:
+                return
+            head = self.buf[:i].lower()
+            j = head.find(b"content-length:")
+            n = int(head[j + 15:].split(b"\r\n", 1)[0])
+            if len(self.buf) >= i + 4 + n:
+                body, self.buf = self.buf[i + 4:i + 4 + n], b""
+                self.waiter.set_result(body)
+
+    idle: list[Least] = []
+
+    async def forward(request: web.Request) -> web.Response:
+        body = await request.read()
+        conn = idle.pop() if idle else (await asyncio.get_running_loop().create_connection(
+            Least, HOST, upstream_port))[1]
+        conn.waiter = asyncio.get_running_loop().create_future()
+        conn.transport.write(b"%s %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json"
+                             b"\r\nContent-Length: %d\r\n\r\n%s" % (
+                                 request.method.encode(), request.path_qs.encode(),
+                                 HOST.encode(), upstream_port, len(body), body))
+        answer = await conn.waiter
+        idle.append(conn)
+        return web.Response(body=answer, content_type="application/json")
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    web.run_app(app, host=HOST, port=port, access_log=None, print=None, handle_signals=True)
 
 
 # -- a small HTTP/1.1 keep-alive client -------------------------------------------------------
@@ -443,6 +540,8 @@ SCENARIOS = [
     Scenario("bare", "bare aiohttp", ["bare"], "bare", False),
     Scenario("replay", "rechat replay", ["replay"], "replay", False),
     Scenario("replay_lean", "rechat replay (lean)", ["replay_lean"], "replay_lean", False),
+    Scenario("pipe", "byte pipe -> bare (floor)", ["pipe"], "pipe", False),
+    Scenario("aio_fwd", "aiohttp forward -> bare (floor)", ["aio_fwd"], "aio_fwd", False),
     Scenario("pass", "rechat passthrough -> bare", ["pass"], "pass", False),
     Scenario("pass_lean", "rechat passthrough (lean)", ["pass_lean"], "pass_lean", False),
     Scenario("record", "rechat record -> bare", ["record"], "record", False, fresh=True),
@@ -523,7 +622,15 @@ def main() -> int:
     ap.add_argument("--json", metavar="FILE", help="also write the raw figures to FILE")
     ap.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--raw-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--pipe-server", type=int, nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--aiohttp-forward-server", type=int, nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.pipe_server:
+        run_pipe_server(*args.pipe_server)
+        return 0
+    if args.aiohttp_forward_server:
+        run_aiohttp_forward_server(*args.aiohttp_forward_server)
+        return 0
     if args.bare_server:
         run_bare_server(args.bare_server)
         return 0
@@ -552,6 +659,10 @@ def main() -> int:
         raw_port = free_port()
         servers["raw"] = Server("raw", [PY, os.path.abspath(__file__), "--raw-server",
                                         str(raw_port)], raw_port, logdir).start()
+        for name, flag in (("pipe", "--pipe-server"), ("aio_fwd", "--aiohttp-forward-server")):
+            p = free_port()
+            servers[name] = Server(name, [PY, os.path.abspath(__file__), flag, str(p),
+                                          str(bare_port)], p, logdir).start()
         json_dir = record_fixture(tmp, bare_port, False, logdir)
         sse_dir = record_fixture(tmp, bare_port, True, logdir)
         for name, folder in (("replay", json_dir), ("replay_sse", sse_dir)):
@@ -625,7 +736,7 @@ def main() -> int:
                     results.setdefault((sc.key, conc), []).append(ph)
                     if sc.fresh:
                         end_record()
-                    print(f"  round {r + 1}/{rounds}  {sc.label:<28} c={conc:<3} "
+                    print(f"  round {r + 1}/{rounds}  {sc.label:<32} c={conc:<3} "
                           f"{ph.rps:8.0f} req/s  p50 {fmt_ms(ph.pct(0.5))} ms  "
                           f"p99 {fmt_ms(ph.pct(0.99))} ms  ({ph.done} req, "
                           f"{ph.seconds:.1f} s; server {ph.cpu_us_per_req:.0f} us CPU/req, "
@@ -704,13 +815,13 @@ def report(results, scenarios, shapes, rounds, elapsed, args) -> None:
     print(f"medians over rounds; latency in ms; 'CPU us/req' and 'busy' (CPU time / wall time) "
           f"are those of the process the client talks to, at c={cn}")
     print()
-    hdr = (f"| {'scenario':<28} | {'c=1 req/s':>9} | {'c=1 p50':>7} | {'c=1 p99':>7} | "
+    hdr = (f"| {'scenario':<32} | {'c=1 req/s':>9} | {'c=1 p50':>7} | {'c=1 p99':>7} | "
            f"{f'c={cn} req/s':>10} | {f'c={cn} p50':>8} | {f'c={cn} p99':>8} | {'CPU us/req':>10} | "
            f"{'busy':>4} |")
     print(hdr)
     print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
     for sc in scenarios:
-        print(f"| {sc.label:<28} | {m(sc.key, c1, rps):9.0f} | {m(sc.key, c1, p50):7.3f} | "
+        print(f"| {sc.label:<32} | {m(sc.key, c1, rps):9.0f} | {m(sc.key, c1, p50):7.3f} | "
               f"{m(sc.key, c1, p99):7.3f} | {m(sc.key, cn, rps):10.0f} | "
               f"{m(sc.key, cn, p50):8.3f} | {m(sc.key, cn, p99):8.3f} | "
               f"{m(sc.key, cn, cpu):10.0f} | {m(sc.key, cn, busy):4.0%} |")
@@ -750,6 +861,12 @@ def report(results, scenarios, shapes, rounds, elapsed, args) -> None:
              unit=" ms")
     if {"raw", "bare"} <= keys:
         line("bare - raw asyncio p50, c=1 (aiohttp's own cost)", diff("bare", "raw", c1, p50),
+             unit=" ms")
+    if {"bare", "pipe"} <= keys:
+        line("a byte pipe adds at p50, c=1 (the floor of any proxy)",
+             diff("pipe", "bare", c1, p50), unit=" ms")
+    if {"bare", "aio_fwd"} <= keys:
+        line("aiohttp forward adds at p50, c=1 (its floor)", diff("aio_fwd", "bare", c1, p50),
              unit=" ms")
     if {"bare", "pass"} <= keys:
         line("forwarding adds at p50, c=1 (passthrough - bare)", diff("pass", "bare", c1, p50),
@@ -792,6 +909,6 @@ def _sigterm(signum, frame):
 
 
 if __name__ == "__main__":
-    if "--bare-server" not in sys.argv and "--raw-server" not in sys.argv:
+    if not any(a.endswith("-server") for a in sys.argv[1:2]):
         signal.signal(signal.SIGTERM, _sigterm)
     sys.exit(main())

@@ -72,6 +72,13 @@ class Gateway:
         self.upstreams = {r.name: Upstream(r.url, r.timeout_s or s.timeout_s) for r in s.routes}
         self.session: aiohttp.ClientSession | None = None
         self.fast: http1.Client | None = None
+        # Asked on every request; the settings do not change after construction.
+        self.local_ports: frozenset[int] = frozenset(
+            r.local_port for r in s.routes if r.local_port is not None)
+        self._is_gateway = len(s.routes) > 1 or any(r.models for r in s.routes) or bool(
+            s.model_map.exact or s.model_map.patterns or s.model_map.override)
+        self._rewrites = bool(s.think is not ThinkMode.KEEP or s.no_think or s.model_map.exact
+                              or s.model_map.patterns or s.model_map.override)
 
     @property
     def routes(self) -> tuple[Route, ...]:
@@ -80,24 +87,20 @@ class Gateway:
     @property
     def is_gateway(self) -> bool:
         """True when rechat does more than forward to one upstream (several routes or names)."""
-        s = self.settings
-        return len(s.routes) > 1 or any(r.models for r in s.routes) or bool(
-            s.model_map.exact or s.model_map.patterns or s.model_map.override)
+        return self._is_gateway
 
     @property
     def rewrites(self) -> bool:
         """True when requests or answers may change on the way (model map, think, no-think)."""
-        s = self.settings
-        return bool(s.think is not ThinkMode.KEEP or s.no_think or s.model_map.exact
-                    or s.model_map.patterns or s.model_map.override)
+        return self._rewrites
 
     def ports(self) -> list[int]:
         """Return the local ports routes name explicitly (besides the main `--port`)."""
-        return sorted({r.local_port for r in self.routes if r.local_port is not None})
+        return sorted(self.local_ports)
 
     def port_for(self, local_port: int | None) -> int | None:
         """Return the routing port of a request that arrived on `local_port` (None: the main one)."""
-        return local_port if local_port in self.ports() else None
+        return local_port if local_port in self.local_ports else None
 
     async def start(self) -> None:
         """Open the one client session every upstream shares."""

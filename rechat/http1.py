@@ -154,8 +154,19 @@ class Body:
 
     async def read(self) -> bytes:
         """Return the whole (decoded) body. Raises as `iter_any` does."""
-        parts = [data async for data in self.iter_any()]
-        return b"".join(parts)
+        parts: list[bytes] = []
+        while True:  # iter_any's loop without an async generator (most bodies are there at once)
+            if self._chunks:
+                parts += self._chunks
+                self._chunks.clear()
+                self._size = 0
+                self._conn.resume()
+                continue
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            await self._wait()
 
 
 class Response:
@@ -166,15 +177,9 @@ class Response:
         self._conn = conn
         self.status = status
         self.reason = reason
-        self.raw_headers = tuple(raw_headers)
-        h = CIMultiDict()
-        for k, v in raw_headers:
-            h.add(k.decode("latin-1"), v.decode("latin-1"))
-        self.headers = CIMultiDictProxy(h)
-        cl = h.get("Content-Length")
-        self.content_length = int(cl) if cl is not None and cl.isdigit() else None
+        self.raw_headers = raw = tuple(raw_headers)
+        self.headers, self.content_length, coding = _head_facts(raw)
         self.content = Body(conn)
-        coding = h.get("Content-Encoding", "").strip().lower()
         if coding in ("gzip", "x-gzip"):
             self.content._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif coding == "deflate":
@@ -192,6 +197,27 @@ class Response:
     def release(self) -> None:
         """Give the connection back (whole response read) or close it (anything else)."""
         self._conn.done(self)
+
+
+_head_cache: dict[tuple, tuple[CIMultiDictProxy, int | None, str]] = {}
+
+
+def _head_facts(raw: tuple[tuple[bytes, bytes], ...]) -> tuple[CIMultiDictProxy, int | None, str]:
+    """(headers, Content-Length or None, content coding) of a response's raw headers. An
+    upstream repeats its headers (Date changes once a second), so each distinct tuple is
+    decoded once; the headers are read-only, so sharing them is safe."""
+    got = _head_cache.get(raw)
+    if got is None:
+        h: CIMultiDict = CIMultiDict()
+        for k, v in raw:
+            h.add(k.decode("latin-1"), v.decode("latin-1"))
+        cl = h.get("Content-Length")
+        got = (CIMultiDictProxy(h), int(cl) if cl is not None and cl.isdigit() else None,
+               h.get("Content-Encoding", "").strip().lower())
+        if len(_head_cache) > 256:
+            _head_cache.clear()
+        _head_cache[raw] = got
+    return got
 
 
 class _Deflate:
@@ -413,9 +439,12 @@ class _Call:
             conn = await self.client._connect(self.key, self.timeout_s, fresh=attempt == 1)
             conn.timeout_s = self.timeout_s  # a pooled connection may come from another call
             reused = conn.reused
+            head = conn.send(self.data)
+            # A timer rather than asyncio.wait_for (a task and two callbacks per request): at
+            # the timeout the wait for the response's headers fails with TimeoutError.
+            timer = asyncio.get_running_loop().call_later(self.timeout_s, Body._timeout, head)
             try:
-                head = conn.send(self.data)
-                self.response = await asyncio.wait_for(head, self.timeout_s)
+                self.response = await head
                 return self.response
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionError):
                 conn.close()
@@ -425,6 +454,8 @@ class _Call:
             except BaseException:
                 conn.close()
                 raise
+            finally:
+                timer.cancel()
         raise AssertionError("unreachable")
 
     async def __aexit__(self, *exc: Any) -> None:

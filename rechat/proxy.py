@@ -246,8 +246,11 @@ class Proxy:
         if gw.is_gateway and req.method == "GET" and req.path in ("/v1/models", "/api/tags"):
             return await self._models(req, ctx, record)
         out = gw.outbound(req)
-        sock = wreq.transport.get_extra_info("sockname") if wreq.transport else None
-        candidates = gw.candidates(out.served, gw.port_for(sock[1] if sock else None))
+        port = None
+        if gw.local_ports and wreq.transport is not None:  # routes bound to their own local ports
+            sock = wreq.transport.get_extra_info("sockname")
+            port = gw.port_for(sock[1] if sock else None)
+        candidates = gw.candidates(out.served, port)
         if not candidates:
             return self._error(req, ctx, 404, f"No upstream serves the model {out.served!r} on "
                                "this port.", "model_not_found")
@@ -304,12 +307,9 @@ class Proxy:
                      record: bool, ctx: "_Ctx", t_send: float, miss: dict, upstream: str,
                      transforms: list, out: Outbound, outcome: dict) -> web.StreamResponse:
         ttfb = (time.perf_counter() - t_send) * 1000
-        # raw_headers keep the upstream's own spelling of names (aiohttp's parsed ones do not).
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in uresp.raw_headers]
-        ctype = uresp.headers.get("Content-Type", "")
+        headers, ctype, to_client = _upstream_headers(uresp.raw_headers)
+        headers = list(headers)
         is_sse = ctype.startswith("text/event-stream")
-        to_client = [(k, v) for k, v in headers if k.lower() not in _NOT_TO_CLIENT]
-        to_client.append(("x-rechat", "forward"))
         rewriter = stream_rewriter(ctype, transforms) if transforms else None
         complete = True
         client_gone = False
@@ -438,7 +438,30 @@ def _delays(answer: Answer, reply: answers.Reply, factor: float) -> list[float]:
     return out
 
 
-def _set_headers(resp: web.StreamResponse, headers: list[tuple[str, str]]) -> None:
+_upstream_cache: dict[tuple, tuple[tuple, str, tuple]] = {}
+
+
+def _upstream_headers(raw: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple, str, tuple]:
+    """(headers, Content-Type, headers for the client) of an upstream response's raw headers.
+
+    Raw headers keep the upstream's own spelling of names (aiohttp's parsed ones do not). The
+    client's copy lacks hop-by-hop headers, Content-Length and Content-Encoding (the body may
+    be decoded or rewritten) and ends with ``x-rechat: forward``. An upstream repeats its
+    headers (Date changes once a second), so each distinct tuple is worked out once.
+    """
+    got = _upstream_cache.get(raw)
+    if got is None:
+        headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
+        ctype = next((v for k, v in headers if k.lower() == "content-type"), "")
+        to_client = tuple((k, v) for k, v in headers if k.lower() not in _NOT_TO_CLIENT)
+        got = (headers, ctype, to_client + (("x-rechat", "forward"),))
+        if len(_upstream_cache) > 256:
+            _upstream_cache.clear()
+        _upstream_cache[raw] = got
+    return got
+
+
+def _set_headers(resp: web.StreamResponse, headers) -> None:
     for k, v in headers:
         if k.lower() == "content-type":
             resp.headers["Content-Type"] = v
