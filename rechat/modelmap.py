@@ -199,7 +199,7 @@ def _model_span(raw: bytes) -> tuple[int, int] | None:
     object (a decoder would reject it otherwise). O(len(raw)), all of it in C for the usual
     shapes.
     """
-    if b"\\u" in raw and _ESCAPED_KEY_CHAR.search(raw):
+    if b"\\" in raw and b"\\u" in raw and _ESCAPED_KEY_CHAR.search(raw):
         return None
     found: tuple[int, int] | None = None
     n = len(raw)
@@ -314,7 +314,7 @@ class ModelRestore:
         memo = self._memo
         if memo is not None and raw.startswith(memo[0]):
             n = len(memo[0])
-            if (raw.find(_KEY, n) < 0 and raw.find(b"\\u", n) < 0
+            if (raw.find(_KEY, n) < 0 and (raw.find(b"\\", n) < 0 or raw.find(b"\\u", n) < 0)
                     and raw.rstrip(_WS)[-1:] == b"}"):
                 return raw if memo[1] is memo[0] else memo[1] + raw[n:]
         span = _model_span(raw)
@@ -337,7 +337,8 @@ class ModelRestore:
         if memo is None:
             return None
         old = b"data: " + memo[0]
-        if (events.count(old) != count or events.count(_KEY) != count or b"\\u" in events
+        if (events.count(old) != count or events.count(_KEY) != count
+                or (b"\\" in events and b"\\u" in events)
                 or events.count(b"}\n\ndata: ") != count - 1 or not events.endswith(b"}\n\n")):
             return None
         # `old` ends inside JSON (unescaped quotes), so it occurs only where an event starts.

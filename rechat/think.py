@@ -306,7 +306,7 @@ class ThinkTransform:
         """
         if self.mode is ThinkMode.KEEP:
             return True
-        if b"\\u" in raw:
+        if b"\\" in raw and b"\\u" in raw:  # one-byte search first: several times faster
             return False
         for c in self._firsts:
             if c in raw:
@@ -620,13 +620,14 @@ class SSEStreamRewriter:
             # The fused fast path (class docstring): one ``data: {...}\n\n`` event, nothing held.
             stops, head, new, tail = plan
             if data.startswith(head):
+                slash = b"\\" in data  # stops like \\u cannot occur without one (memchr first)
                 for stop in stops:
-                    if stop in data:
+                    if (slash or stop[:1] != b"\\") and stop in data:
                         break
                 else:
                     n = len(head)
                     for stop in tail:
-                        if data.find(stop, n) >= 0:
+                        if (slash or stop[:1] != b"\\") and data.find(stop, n) >= 0:
                             break
                     else:
                         return data if new is None else new + data[n:]
@@ -764,11 +765,13 @@ class SSEStreamRewriter:
         if count:
             if events.count(b"}\n\n") != count or events.count(head) != count:
                 return None
+            slash = b"\\" in events  # stops like \\u cannot occur without one (memchr first)
             for stop in stops:
-                if stop in events:
+                if (slash or stop[:1] != b"\\") and stop in events:
                     return None
             for stop in tail:
-                if events.count(stop) != count * head.count(stop):
+                if ((slash or stop[:1] != b"\\")  # else 0 here and in the head (inside events)
+                        and events.count(stop) != count * head.count(stop)):
                     return None
             if new is not None:
                 events = events.replace(head, new)
