@@ -3,7 +3,8 @@
 One script, one run: starts a bare aiohttp server that answers a fixed chat completion, rechat
 replaying the same answer, and rechat forwarding to the bare server (`rechat passthrough` and
 `rechat record`), all with their default options, plus replay and passthrough "lean" (`--no-ui
---no-dump`: no web UI, request log or dump) to show what those cost. Every server is its own process
+--no-dump`: no web UI, request log or dump) to show what those cost, and two forwarding floors
+(a byte pipe, and an aiohttp server forwarding with the least possible client). Every server is its own process
 bound to 127.0.0.1; the load generator is this process (raw asyncio HTTP/1.1 keep-alive client,
 cheaper than aiohttp's client so that the servers are the bottleneck). Prints requests/s, p50/p99 latency and server CPU per request for each scenario,
 the ratios, and the verdict against the targets (see bench/README.md, docs/performance.md).
