@@ -104,13 +104,15 @@ class Shape:
     `chat`: a JSON object with a ``messages`` list; `stream`: the answer is to be streamed
     (``stream: true``, or for Ollama's /api/chat and /api/generate anything but
     ``stream: false``); `include_usage`: ``stream_options.include_usage`` is true; `model`:
-    the ``model`` string or None.
+    the ``model`` string or None; `choices`: how many choices the answer is to have (``n``,
+    OpenAI's chat and legacy completions; 1 when absent or not an integer above 1).
     """
 
     chat: bool
     stream: bool
     include_usage: bool
     model: str | None
+    choices: int = 1
 
     @staticmethod
     def of(path: str, j: Any) -> "Shape":
@@ -122,8 +124,10 @@ class Shape:
         opts = j.get("stream_options")
         usage = isinstance(opts, dict) and opts.get("include_usage") is True
         model = j.get("model")
+        n = j.get("n")
         return Shape(isinstance(j.get("messages"), list), stream, usage,
-                     model if isinstance(model, str) else None)
+                     model if isinstance(model, str) else None,
+                     n if type(n) is int and n > 1 else 1)
 
 
 _SHAPE_MAX = 1 << 16

@@ -169,15 +169,16 @@ class Gateway:
 
     # -- answers -----------------------------------------------------------------------------
 
-    def transforms(self, asked: str | None, served: str | None) -> list:
-        """Return the object transforms for an answer to a request for `asked` served by `served`.
+    def transforms(self, asked: str | None, served: str | None, choices: int = 1) -> list:
+        """Return the object transforms for an answer to a request for `asked` served by `served`
+        with `choices` choices (the request's ``n``, `Shape.choices`).
 
         Empty in the default configuration, so answers pass byte for byte.
         """
         out: list = []
         s = self.settings
         if s.think is not ThinkMode.KEEP:
-            out.append(ThinkTransform(s.think, s.think_patterns))
+            out.append(ThinkTransform(s.think, s.think_patterns, choices))
         if s.restore_model and asked and served and asked != served:
             out.append(ModelRestore(asked))
         return out

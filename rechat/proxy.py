@@ -159,7 +159,7 @@ class Proxy:
         transforms = []
         if gw is not None and gw.rewrites:
             out = gw.outbound(req)
-            transforms = gw.transforms(out.asked, out.served)
+            transforms = gw.transforms(out.asked, out.served, req.shape.choices)
         reply, joined = self._reply_for(answer, req, cache=not transforms)
         if transforms:
             reply = _transform_reply(reply, transforms)
@@ -279,7 +279,8 @@ class Proxy:
             outcome: dict = {}
             try:
                 return await self._relay(wreq, req, uresp, record, ctx, t_send, miss or {},
-                                         up.base, gw.transforms(out.asked, out.served),
+                                         up.base,
+                                         gw.transforms(out.asked, out.served, req.shape.choices),
                                          out, outcome)
             finally:
                 gw.balancer.finished(route, uresp.status, failed=not outcome.get("complete", False)

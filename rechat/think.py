@@ -281,11 +281,20 @@ class ThinkTransform:
     emitted just before it (a copy of its envelope with only that text), because clients may
     stop reading at the finish chunk. `end()` emits what is still held for choices that never
     finished (a stream cut short or sent without finish_reason).
+
+    `choices` is how many choices the answer is to have (the request's ``n``). Streamed objects
+    are decoded, never passed at byte level, until a rewriter exists for that many choice
+    indexes: a choice first seen in an object passed at byte level would have no rewriter, and
+    whether its text has started would be lost (so whitespace after a later leading block
+    would be dropped). An answer with more choices than `choices` says is still rewritten, but
+    a choice that first shows up while the others are idle has that problem.
     """
 
-    def __init__(self, mode: "ThinkMode | str", patterns: ThinkPatterns = ThinkPatterns()) -> None:
+    def __init__(self, mode: "ThinkMode | str", patterns: ThinkPatterns = ThinkPatterns(),
+                 choices: int = 1) -> None:
         self.mode = ThinkMode.parse(mode)
         self.patterns = patterns
+        self.choices = max(1, choices)
         self._rw: dict[int, ThinkRewriter] = {}
         self._kind: dict[int, str] = {}  # choice index -> "delta" | "text" | "ollama-chat" | ...
         self._template: dict | None = None  # the last object seen, for `end()`
@@ -301,8 +310,9 @@ class ThinkTransform:
 
         A byte-level check that spares decoding: no marker can start in `raw` (no marker's
         first character, no ``\\u`` escape that could hide one) and, for a streamed object
-        (`whole` False), every rewriter is idle: outside any block, past the start of its text,
-        holding nothing. Conservative: False only means "decode and see".
+        (`whole` False), a rewriter exists for each of the `choices` choices and every rewriter
+        is idle: outside any block, past the start of its text, holding nothing.
+        Conservative: False only means "decode and see".
         """
         if self.mode is ThinkMode.KEEP:
             return True
@@ -313,7 +323,7 @@ class ThinkTransform:
                 return False
         if whole:
             return True
-        if not self._rw:
+        if len(self._rw) < self.choices:  # a choice not seen yet must get its rewriter
             return False
         for rw in self._rw.values():
             if rw._buf or rw._state or rw._at_start:
@@ -328,11 +338,11 @@ class ThinkTransform:
 
         ``(stops, b"", b"", ())``: an object whose JSON bytes hold none of `stops` passes
         unchanged and leaves the state as it was; None while some rewriter is not idle (or
-        none exists yet). Stays valid until the next `feed` or `end`.
+        fewer than `choices` exist yet). Stays valid until the next `feed` or `end`.
         """
         if self.mode is ThinkMode.KEEP:
             return (), b"", b"", ()
-        if not self._rw:
+        if len(self._rw) < self.choices:
             return None
         for rw in self._rw.values():
             if rw._buf or rw._state or rw._at_start:

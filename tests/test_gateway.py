@@ -5,7 +5,9 @@ names, the reasoning rewrite and Ollama's API, through record and replay.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import urllib.request
 
 import openai
@@ -145,6 +147,49 @@ def test_think_strip_and_tags_forward_and_replay(ups, start_rechat, tmp_path):
     strip = start_rechat("replay", "s", "--think", "strip").client()
     assert stream_text(ask(strip, "m", THINK, stream=True)) == "Echo: visible answer"
     assert ask(strip, "m", THINK + " 2").choices[0].message.content == "Echo: visible answer 2"
+
+
+def test_think_strip_with_two_choices_keeps_each_choices_whitespace(start_rechat):
+    # n=2, streamed: choice 1 speaks first, choice 0's text starts while choice 1 is idle,
+    # then choice 0 has a block. Its text had started, so the spaces after the block stay.
+    from aiohttp import web
+
+    base = {"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+
+    def ev(index: int, delta: dict, finish=None) -> bytes:
+        return b"data: " + json.dumps({**base, "choices": [{"index": index, "delta": delta,
+                                                           "finish_reason": finish}]}).encode() + b"\n\n"
+    body = (ev(1, {"role": "assistant", "content": "x"}) + ev(0, {"role": "assistant", "content": "Hi"})
+            + ev(0, {"content": "<think>plan</think>"}) + ev(0, {"content": "  there"})
+            + ev(0, {}, "stop") + ev(1, {}, "stop") + b"data: [DONE]\n\n")
+
+    async def chat(req: web.Request) -> web.StreamResponse:
+        await req.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(req)
+        await resp.write(body)
+        return resp
+
+    loop = asyncio.new_event_loop()
+    port = free_port()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        rx = start_rechat("passthrough", f"http://127.0.0.1:{port}/v1", "--think", "strip")
+        text = {0: "", 1: ""}
+        for c in ask(rx.client(), "m", n=2, stream=True):
+            for ch in c.choices:
+                text[ch.index] += ch.delta.content or ""
+        assert text == {0: "Hi  there", 1: "x"}
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
 
 
 def test_think_tags_rewrites_harmony_markers(ups, start_rechat):
