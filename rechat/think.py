@@ -298,6 +298,7 @@ class ThinkTransform:
         self._rw: dict[int, ThinkRewriter] = {}
         self._kind: dict[int, str] = {}  # choice index -> "delta" | "text" | "ollama-chat" | ...
         self._template: dict | None = None  # the last object seen, for `end()`
+        self._template_raw: bytes | None = None  # or its bytes, when it was not decoded
         self._firsts = _first_bytes(self.mode, self.patterns)  # what `passes` looks for
 
     @property
@@ -350,8 +351,59 @@ class ThinkTransform:
         return (b"\\u", *self._firsts), b"", b"", ()
 
     def feed_raw(self, raw: bytes, whole: bool = False) -> bytes | None:
-        """Return `raw` when `passes` says the object encoded as `raw` passes, else None."""
-        return raw if self.passes(raw, whole) else None
+        """Return `raw` when the object encoded as `raw` passes unchanged (`passes`, or
+        `_starts_text`), else None: decode it and `feed` it."""
+        if self.passes(raw, whole) or (not whole and self._starts_text(raw)):
+            return raw
+        return None
+
+    def _starts_text(self, raw: bytes) -> bool:
+        """Take the first chunks of a one-choice stream at byte level; True when taken.
+
+        A stream's first chunks are where the rewriter for choice 0 is made and where its text
+        starts: `passes` cannot let them through, as the rewriter must learn whether its text
+        has started (whitespace after a leading block is dropped). When `raw` is a chunk whose
+        only text is the ``delta.content`` of choice 0, unfinished, with no escape (so its
+        string is its bytes) and no marker's first character, feeding that text changes
+        nothing but the start-of-text flag, which its bytes tell. So the chunk passes as it
+        is, the rewriter is made (or marked started), and no JSON is decoded. Feeding the
+        same chunk again afterwards (`_chain` decodes when a later transform cannot decide)
+        changes nothing more. Only with `choices` 1: with several, which choice a chunk
+        belongs to needs its ``index`` read, and the decoder does that.
+        """
+        if self.mode is ThinkMode.KEEP or self.choices != 1 or b"\\" in raw:
+            return False
+        rw = self._rw.get(0)
+        if len(self._rw) != (rw is not None) or (rw is not None and (
+                rw._buf or rw._state or rw._skip_ws)):
+            return False
+        for c in self._firsts:
+            if c in raw:
+                return False
+        i = raw.find(b'"content"')
+        if (i < 0 or raw.find(b'"content"', i + 9) >= 0 or raw.count(b'"index"') != 1
+                or b'"choices"' not in raw or b'"delta"' not in raw):
+            return False
+        value = _raw_value(raw, i + 9)
+        index = _raw_value(raw, raw.find(b'"index"') + 7)
+        f = raw.find(b'"finish_reason"')
+        if index != b"0" or f < 0 or _raw_value(raw, f + 15) != b"null" or value is None:
+            return False
+        if value[:1] == b'"' and value[-1:] == b'"':
+            try:
+                text = value[1:-1].decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+        elif value == b"null":
+            text = ""
+        else:
+            return False
+        rw = self._rewriter(0)
+        self._kind[0] = "delta"
+        if text.strip():
+            rw._at_start = False
+        self._template, self._template_raw = None, raw
+        return True
 
     def _rewriter(self, index: int) -> ThinkRewriter:
         rw = self._rw.get(index)
@@ -363,7 +415,7 @@ class ThinkTransform:
         """Return the objects to emit for `obj` (protocol in the module docstring)."""
         if not self.active or not isinstance(obj, dict):
             return [obj]
-        self._template = obj
+        self._template, self._template_raw = obj, None
         choices = obj.get("choices")
         if isinstance(choices, list):
             return self._feed_choices(obj, choices)
@@ -431,6 +483,8 @@ class ThinkTransform:
 
     def _synthetic(self, index: int, text: str) -> dict:
         """A new object carrying only `text` for choice `index`, in the envelope last seen."""
+        if self._template is None and self._template_raw is not None:
+            self._template = json.loads(self._template_raw)
         tpl = self._template or {}
         kind = self._kind.get(index, "delta")
         if kind == "ollama-chat":
@@ -457,6 +511,27 @@ class ThinkTransform:
             if rest:
                 out.append(self._synthetic(index, rest))
         return out
+
+
+def _raw_value(raw: bytes, j: int) -> bytes | None:
+    """The bytes of the scalar JSON value after the key that ends at index `j` of `raw` (a
+    string with its quotes, a number, true, false, null), for bytes without escapes; None when
+    no colon follows the key or the value is an object or array."""
+    n = len(raw)
+    while j < n and raw[j] in b" \t\r\n":
+        j += 1
+    if j >= n or raw[j] != 0x3A:
+        return None
+    j += 1
+    while j < n and raw[j] in b" \t\r\n":
+        j += 1
+    if raw[j:j + 1] == b'"':
+        k = raw.find(b'"', j + 1)
+        return raw[j:k + 1] if k > 0 else None
+    k = j
+    while k < n and raw[k] not in b",}] \t\r\n":
+        k += 1
+    return raw[j:k] if k > j and raw[j] not in b"{[" else None
 
 
 @functools.lru_cache(maxsize=64)
