@@ -380,9 +380,16 @@ class ThinkTransform:
         for c in self._firsts:
             if c in raw:
                 return False
-        i = raw.find(b'"content"')
-        if (i < 0 or raw.find(b'"content"', i + 9) >= 0 or raw.count(b'"index"') != 1
-                or b'"choices"' not in raw or b'"delta"' not in raw):
+        # Each key once (a repeated key: the decoder keeps the last), and "content" a direct
+        # member of "delta" (no brace between them: without escapes, none is inside a string).
+        for key in (b'"choices"', b'"index"', b'"delta"', b'"content"', b'"finish_reason"'):
+            if raw.count(key) != 1:
+                return False
+        i, d = raw.find(b'"content"'), raw.find(b'"delta"')
+        between = raw[d + 7:i]
+        o = between.find(b"{")
+        if (o < 0 or between[:o].strip(b" \t\r\n") != b":" or b"{" in between[o + 1:]
+                or b"}" in between or b"[" in between or b"]" in between):
             return False
         value = _raw_value(raw, i + 9)
         index = _raw_value(raw, raw.find(b'"index"') + 7)

@@ -847,19 +847,28 @@ def _first(delta: dict, *args, **kw) -> bytes:
     return json.dumps(chunk(delta, *args, **kw)).encode()
 
 
+# Taken at byte level (ThinkTransform._starts_text) or decoded; either way the output and the
+# state must be what decoding and feeding every chunk gives.
 FIRST_CHUNKS = [
     _first({"role": "assistant", "content": ""}),
     _first({"role": "assistant", "content": "", "refusal": None}),
     _first({"content": "Hi"}),
-    _first({"content": " Hi"}),                       # leading space: decoded
-    _first({"content": "\nHi"}),                      # leading escape: decoded
-    _first({"content": "\u00a0Hi"}),                  # not ASCII: decoded
+    _first({"content": " Hi"}),                       # leading space: the text has started
+    _first({"content": "\nHi"}),                      # an escape: decoded
+    _first({"content": "\u00a0Hi"}),                  # not ASCII (an escape here): decoded
     _first({"content": "a\tb"}),
     _first({"content": "x"}, "stop"),                 # finished: the start comes back
     _first({"content": ""}, "stop"),
     _first({"role": "user", "content": "x"}),
     _first({"content": "x", "content2": "y"}),
-    _first({"content": "x"}, usage={"total_tokens": 3}),  # nested member: decoded
+    _first({"content": "x"}, usage={"total_tokens": 3}),  # another member after the choices
+    _first({"content": "   "}),                       # only whitespace: not started yet
+    _first({"content": None}),
+    b'{"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}],"choices":[]}',
+    b'{"choices":[{"index":0,"delta":{},"content":"x","finish_reason":null}]}',  # not in delta
+    b'{"choices":[{"index":0,"delta":{"a":{"b":1},"content":"x"},"finish_reason":null}]}',
+    b'{"choices":[{"index":0,"delta":{"content":"x"},"delta":{},"finish_reason":null}]}',
+    b'{"choices":[{"delta":{"content":"x"},"finish_reason":null}]}',  # no index: position 0
     b'{"choices":[{"index":0,"delta":{"content":"x"}},{"index":1,"delta":{"content":"y"}}]}',
     b'{"choices":[{"index":0,"delta":{"content":"x","content":""}}]}',  # duplicate key
     b'{"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}],"id":"a"}',
