@@ -20,8 +20,8 @@ written by a newer rechat (a higher version than this one knows) is refused with
               thousand replays are a thousand narrow rows and one shape. Ids grow; a writer
               looks a shape up by content (in its session) before adding it
     requests  a VIEW joining the two back: the 36 columns of the table it replaced
-              (migration m003), same names, same meanings; every read query uses it;
-              read-only
+              (migration m003), same names, same meanings; the read queries use it (but
+              counts that need no column of shapes, which read log_rows); read-only
     bodies    request and response bodies by content (BLAKE2b-128): a body sent a thousand
               times is kept once; at most `BODY_LIMIT` bytes of each
     log_state how many prunes ran, so that every writer learns when shapes and bodies it
@@ -1041,6 +1041,9 @@ class RequestLog:
         """
         where, args = _filters(None, None, None, None, since, until, None)
         w = f" WHERE {' AND '.join(where)}" if where else ""
+        # What needs no column of `shapes` reads `log_rows` itself: the view's rows are
+        # log_rows' rows, and SQLite keeps the view's join in an aggregate even when it is
+        # not needed (a lookup per row).
         agg = ("COUNT(*) AS requests, "
                "SUM(kind = 'replay') AS hits, "
                "SUM(kind IN ('record', 'forward', 'miss')) AS misses, "
@@ -1058,7 +1061,7 @@ class RequestLog:
             kinds = []
             for r in db.execute(f"SELECT kind, COUNT(*) AS requests, AVG(ms) AS avg_ms, "
                                 f"AVG(ttfb_ms) AS avg_ttfb_ms, MAX(ms) AS max_ms, "
-                                f"COALESCE(SUM(resp_bytes), 0) AS bytes_out FROM requests{w} "
+                                f"COALESCE(SUM(resp_bytes), 0) AS bytes_out FROM log_rows{w} "
                                 f"GROUP BY kind ORDER BY requests DESC", args):
                 by_kind[r["kind"]] = r["requests"]
                 kinds.append(dict(r))
@@ -1076,7 +1079,7 @@ class RequestLog:
                 for t in range(start, int(max(hi, lo + 1)), bucket):
                     timeline[t] = {"t": t, **{k: 0 for k in KINDS}}
             for r in db.execute(f"SELECT CAST(at / {bucket} AS INTEGER) * {bucket} AS t, kind, "
-                                f"COUNT(*) AS n FROM requests{w} GROUP BY t, kind", args):
+                                f"COUNT(*) AS n FROM log_rows{w} GROUP BY t, kind", args):
                 timeline.setdefault(r["t"], {"t": r["t"], **{k: 0 for k in KINDS}})[r["kind"]] = r["n"]
         finally:
             db.close()
@@ -1094,7 +1097,7 @@ class RequestLog:
         """Return how many rows the log holds."""
         db = self._reader()
         try:
-            return db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+            return db.execute("SELECT COUNT(*) FROM log_rows").fetchone()[0]  # see stats
         finally:
             db.close()
 
