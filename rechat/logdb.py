@@ -275,13 +275,15 @@ def m003_shapes(db: sqlite3.Connection) -> None:
         f"{'s' if c in shape_cols else 'r'}.{c} AS {c}" for c in view_cols)
         + " FROM log_rows AS r LEFT JOIN shapes AS s ON s.id = r.shape")
     # Three indexes; each one on log_rows costs every insert, the one on shapes a new shape
-    # only: time ranges; the join from a shape to its rows (the session filter, retention's
-    # search for shapes no row uses any more); a session's shapes (the session filter, and
-    # the writer's search for a shape, narrowed by the request body). Filters on kind or model
-    # walk the newest rows and stop at a page.
+    # with a session only (a partial index: a forwarded request's shape, which has none,
+    # skips it): time ranges; the join from a shape to its rows (the session filter,
+    # retention's search for shapes no row uses any more); a session's shapes (the session
+    # filter, and the writer's search for a shape, narrowed by the request body). Filters on
+    # kind or model walk the newest rows and stop at a page.
     db.execute("CREATE INDEX log_rows_at ON log_rows(at)")
     db.execute("CREATE INDEX log_rows_shape ON log_rows(shape)")
-    db.execute("CREATE INDEX shapes_session ON shapes(session, req_body)")
+    db.execute("CREATE INDEX shapes_session ON shapes(session, req_body) "
+               "WHERE session IS NOT NULL")
 
 
 # The columns of the view `requests` (all but `id`), as `row_from_event` returns them.
@@ -304,12 +306,13 @@ _INSERT_SHAPES = (f"INSERT INTO shapes ({', '.join(SHAPE_COLUMNS)}) VALUES ",
                   len(SHAPE_COLUMNS))
 _INSERT_ROWS = (f"INSERT INTO log_rows ({', '.join(ROW_COLUMNS)}, shape) VALUES ",
                 len(ROW_COLUMNS) + 1)
-# A shape by content (`IS`: NULL is NULL), session and request body first (the index).
+# A shape by content (`IS`: NULL is NULL), session and request body first (the index; only
+# shapes with a session are looked up, and `session = ?` lets SQLite use the partial index).
 _FIND_ORDER = ("session", "req_body") + tuple(c for c in SHAPE_COLUMNS
                                               if c not in ("session", "req_body"))
 _FIND_AT = tuple(SHAPE_COLUMNS.index(c) for c in _FIND_ORDER)
-_FIND_SHAPE = ("SELECT id FROM shapes WHERE "
-               + " AND ".join(f"{c} IS ?" for c in _FIND_ORDER) + " LIMIT 1")
+_FIND_SHAPE = ("SELECT id FROM shapes WHERE session = ? AND "
+               + " AND ".join(f"{c} IS ?" for c in _FIND_ORDER[1:]) + " LIMIT 1")
 _SESSION_AT = SHAPE_COLUMNS.index("session")
 _KIND_AT = ROW_COLUMNS.index("kind")
 _INSERT_BODIES = ("INSERT OR IGNORE INTO bodies (hash, size, data) VALUES ", 3)
