@@ -9,23 +9,36 @@ Schema. `MIGRATIONS` is an ordered list of named functions, as in simonw/llm's
 `_migrations` table; `PRAGMA user_version` holds how many ran (the schema version). A database
 written by a newer rechat (a higher version than this one knows) is refused with `LogError`.
 
-    requests  one row per request: when, what, how it was answered (kind, match, status),
-              how long it took (ms, ttfb_ms), sizes, tokens, the session file and exchange
-              it came from or went to, the client address, short previews of the prompt and
-              the reply, allow-listed request headers and redacted response headers
+    log_rows  one row per request, what varies from one request to the next: the process
+              and request ids, when (at), kind, status, score, which answer was played
+              (play, plays), how long it took (ms, ttfb_ms), sizes, the client address,
+              detail, redacted response headers, the response body's hash; and its shape
+    shapes    what repeats: the request (method, path, clean query, model asked, stream,
+              prompt preview, allow-listed headers, the body's hash), the answer (session
+              file, exchange, line, served model, reply preview, tokens, saved_ms) and the
+              match. Every replay of one answer to one request has the same shape, so a
+              thousand replays are a thousand narrow rows and one shape. Ids grow; a writer
+              looks a shape up by content (in its session) before adding it
+    requests  a VIEW joining the two back: the 36 columns of the table it replaced
+              (migration m003), same names, same meanings; the read queries use it (but
+              counts that need no column of shapes, which read log_rows); read-only
     bodies    request and response bodies by content (BLAKE2b-128): a body sent a thousand
               times is kept once; at most `BODY_LIMIT` bytes of each
+    log_state how many prunes ran, so that every writer learns when shapes and bodies it
+              wrote may have been deleted
 
 A replay's response is not kept: the session file holds it, and the web API rebuilds it from
 the session (so it shows the answer as the file holds it now).
 
-Writing. `put(event)` turns a finished event into a row (a tuple; what depends only on the
-replayed answer or on the request body is computed once per answer or body) and appends it
-to a queue: a few microseconds on the event loop, and the event is freed at once. A writer
-thread inserts the queued rows in one transaction with multi-row INSERT statements (sqlite3
-hands the GIL over around every statement: one statement per row would be one forced switch
-of the event loop per row), and hands them to `on_rows` (the web UI's live stream). Bodies
-are deduplicated by hash.
+Writing. `put(event)` turns a finished event into a shape and a row (tuples; what depends
+only on the replayed answer or on the request body is computed once per answer or body),
+numbers the shape (one number per distinct shape, from a dict) and appends the three to a
+queue: a few microseconds on the event loop, and the event is freed at once. A writer thread
+inserts, in one transaction, the shapes it has not written yet (by number), then the queued
+rows, with multi-row INSERT statements (sqlite3 hands the GIL over around every statement:
+one statement per row would be one forced switch of the event loop per row), and hands the
+rows to `on_rows` (the web UI's live stream). Bodies are deduplicated by hash. A repeated
+replay costs the writer a narrow row only (about a third of the 36-column row it replaced).
 
 When it writes (write-behind, as loggers that must not slow the code they watch do): while
 someone watches the live stream, `flush_s` after the first row of a batch. Otherwise rows
@@ -40,8 +53,8 @@ more than `max_pending` rows, new rows are dropped and counted (`dropped`), so t
 waits for the log.
 
 Retention. Rows older than `max_age_days` are deleted when the log opens and then hourly,
-with the bodies no row refers to any more; when anything was deleted the database is
-vacuumed. `max_age_days <= 0` keeps rows forever.
+with the shapes no row refers to any more and then the bodies no shape or row refers to;
+when anything was deleted the database is vacuumed. `max_age_days <= 0` keeps rows forever.
 
 Secrets. No request header is stored unless it is on `REQUEST_HEADERS` (none of which can
 carry a credential); response headers go through `fingerprint.redact_headers`; query strings
@@ -151,22 +164,163 @@ def m002_indexes(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX requests_session ON requests(session, id)")
 
 
+@migration
+def m003_shapes(db: sqlite3.Connection) -> None:
+    # A row of `requests` was 36 columns, and for a replay (the common case: the same request
+    # answered from the same recorded answer again and again) half of them repeat: the request
+    # (method, path, query, models, stream, prompt, headers, body), the answer (session,
+    # exchange, line, reply, tokens, saved_ms) and how it matched. Those are stored once per
+    # distinct combination in `shapes`; a row of `log_rows` holds what varies per request and
+    # the id of its shape. The view `requests` joins them back under the old names, so every
+    # query (ours and the user's) reads as before.
+    #
+    # A shape's key is an INTEGER id given in insertion order, not a hash of its content:
+    # the table and the index on `log_rows(shape)` then grow at their right edge (a new shape
+    # touches the last pages), and a row refers to its shape in 1-3 bytes. Keyed by a hash,
+    # every new shape (every forwarded or recorded request) lands on a random page of a table
+    # of ~500-byte rows: 25-55 us per insert instead of ~9 measured here (and a unique index
+    # on a hash next to the id costs 2-10 us more per new shape). So a writer that meets a
+    # shape for the first time looks it up by content among the shapes of its session (the
+    # index below), and inserts it only when it is not there: a restarted or second rechat
+    # reuses the shapes of the replays it repeats. Shapes without a session (forwarded
+    # requests, errors) are not looked up: another process stores its own copy of those.
+    db.execute("""
+        CREATE TABLE shapes (
+            id INTEGER PRIMARY KEY,      -- grows; see above
+            method TEXT NOT NULL,
+            path TEXT NOT NULL,
+            query TEXT NOT NULL DEFAULT '',
+            model TEXT,
+            served_model TEXT,
+            stream INTEGER NOT NULL DEFAULT 0,
+            match TEXT NOT NULL DEFAULT 'none',
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            total_tokens INTEGER,
+            saved_ms REAL,
+            session TEXT,
+            exchange INTEGER,
+            line INTEGER,
+            prompt TEXT,
+            reply TEXT,
+            req_headers TEXT,
+            req_body BLOB                -- bodies.hash of the request body
+        )""")
+    db.execute("""
+        CREATE TABLE log_rows (
+            id INTEGER PRIMARY KEY,      -- grows; the API's cursors
+            run TEXT NOT NULL,
+            req INTEGER NOT NULL,
+            at REAL NOT NULL,
+            kind TEXT NOT NULL,
+            status INTEGER,
+            score REAL,
+            play INTEGER,
+            plays INTEGER,
+            ms REAL,
+            ttfb_ms REAL,
+            req_bytes INTEGER,
+            resp_bytes INTEGER,
+            client TEXT,
+            detail TEXT,
+            resp_headers TEXT,
+            resp_body BLOB,              -- bodies.hash of the response body
+            shape INTEGER NOT NULL REFERENCES shapes(id)
+        )""")
+    # Prunes so far: a writer that finds the number changed forgets which shapes and bodies it
+    # has written (another process may have deleted them).
+    db.execute("CREATE TABLE log_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+    db.execute("INSERT INTO log_state VALUES ('prunes', 0)")
+    # The rows written so far, ids kept; one shape per distinct combination, in order of
+    # first use.
+    shape_cols = ("method", "path", "query", "model", "served_model", "stream", "match",
+                  "prompt_tokens", "completion_tokens", "total_tokens", "saved_ms", "session",
+                  "exchange", "line", "prompt", "reply", "req_headers", "req_body")
+    row_cols = ("id", "run", "req", "at", "kind", "status", "score", "play", "plays", "ms",
+                "ttfb_ms", "req_bytes", "resp_bytes", "client", "detail", "resp_headers",
+                "resp_body")
+    ids: dict[tuple, int] = {}
+    insert_shape = (f"INSERT INTO shapes (id, {', '.join(shape_cols)}) "
+                    f"VALUES ({', '.join('?' * (len(shape_cols) + 1))})")
+    insert_row = (f"INSERT INTO log_rows ({', '.join(row_cols)}, shape) "
+                  f"VALUES ({', '.join('?' * (len(row_cols) + 1))})")
+    cur = db.execute(f"SELECT {', '.join(shape_cols)}, {', '.join(row_cols)} FROM requests "
+                     f"ORDER BY id")
+    n = len(shape_cols)
+    while True:
+        chunk = cur.fetchmany(5000)
+        if not chunk:
+            break
+        shapes, rows = [], []
+        for r in chunk:
+            r = tuple(r)
+            shape = r[:n]
+            sid = ids.get(shape)
+            if sid is None:
+                sid = ids[shape] = len(ids) + 1
+                shapes.append((sid, *shape))
+            rows.append((*r[n:], sid))
+        db.executemany(insert_shape, shapes)
+        db.executemany(insert_row, rows)
+    db.execute("DROP TABLE requests")  # and its indexes
+    view_cols = ("id", "run", "req", "at", "method", "path", "query", "kind", "status", "model",
+                 "served_model", "stream", "match", "score", "play", "plays", "ms", "ttfb_ms",
+                 "req_bytes", "resp_bytes", "prompt_tokens", "completion_tokens",
+                 "total_tokens", "saved_ms", "session", "exchange", "line", "client", "detail",
+                 "prompt", "reply", "req_headers", "resp_headers", "req_body", "resp_body")
+    # A LEFT JOIN: a row whose shape went missing still shows. SQLite drops the join from a
+    # plain query that reads no column of `shapes` (not from an aggregate: COUNT(*) still
+    # looks every shape up), and makes it an inner join when the query filters on one.
+    db.execute("CREATE VIEW requests AS SELECT " + ", ".join(
+        f"{'s' if c in shape_cols else 'r'}.{c} AS {c}" for c in view_cols)
+        + " FROM log_rows AS r LEFT JOIN shapes AS s ON s.id = r.shape")
+    # Three indexes; each one on log_rows costs every insert, the one on shapes a new shape
+    # with a session only (a partial index: a forwarded request's shape, which has none,
+    # skips it): time ranges; the join from a shape to its rows (the session filter,
+    # retention's search for shapes no row uses any more); a session's shapes (the session
+    # filter, and the writer's search for a shape, narrowed by the request body). Filters on
+    # kind or model walk the newest rows and stop at a page.
+    db.execute("CREATE INDEX log_rows_at ON log_rows(at)")
+    db.execute("CREATE INDEX log_rows_shape ON log_rows(shape)")
+    db.execute("CREATE INDEX shapes_session ON shapes(session, req_body) "
+               "WHERE session IS NOT NULL")
+
+
+# The columns of the view `requests` (all but `id`), as `row_from_event` returns them.
 COLUMNS = ("run", "req", "at", "method", "path", "query", "kind", "status", "model",
            "served_model", "stream", "match", "score", "play", "plays", "ms", "ttfb_ms",
            "req_bytes", "resp_bytes", "prompt_tokens", "completion_tokens", "total_tokens",
            "saved_ms", "session", "exchange", "line", "client", "detail", "prompt", "reply",
            "req_headers", "resp_headers", "req_body", "resp_body")
+# What a row of `shapes` holds (but its id) and what a row of `log_rows` holds (but its id
+# and, last, its shape's id): together `COLUMNS`.
+SHAPE_COLUMNS = ("method", "path", "query", "model", "served_model", "stream", "match",
+                 "prompt_tokens", "completion_tokens", "total_tokens", "saved_ms", "session",
+                 "exchange", "line", "prompt", "reply", "req_headers", "req_body")
+ROW_COLUMNS = ("run", "req", "at", "kind", "status", "score", "play", "plays", "ms", "ttfb_ms",
+               "req_bytes", "resp_bytes", "client", "detail", "resp_headers", "resp_body")
+assert sorted(SHAPE_COLUMNS + ROW_COLUMNS) == sorted(COLUMNS)
 LIST_COLUMNS = ("id",) + tuple(c for c in COLUMNS if c not in (
     "req_headers", "resp_headers", "req_body", "resp_body"))
-_INSERT = (f"INSERT INTO requests ({', '.join(COLUMNS)}) "
-           f"VALUES ({', '.join('?' * len(COLUMNS))})")
-_INSERT_ROWS = (f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ", len(COLUMNS))
+_INSERT_SHAPES = (f"INSERT INTO shapes ({', '.join(SHAPE_COLUMNS)}) VALUES ",
+                  len(SHAPE_COLUMNS))
+_INSERT_ROWS = (f"INSERT INTO log_rows ({', '.join(ROW_COLUMNS)}, shape) VALUES ",
+                len(ROW_COLUMNS) + 1)
+# A shape by content (`IS`: NULL is NULL), session and request body first (the index; only
+# shapes with a session are looked up, and `session = ?` lets SQLite use the partial index).
+_FIND_ORDER = ("session", "req_body") + tuple(c for c in SHAPE_COLUMNS
+                                              if c not in ("session", "req_body"))
+_FIND_AT = tuple(SHAPE_COLUMNS.index(c) for c in _FIND_ORDER)
+_FIND_SHAPE = ("SELECT id FROM shapes WHERE session = ? AND "
+               + " AND ".join(f"{c} IS ?" for c in _FIND_ORDER[1:]) + " LIMIT 1")
+_SESSION_AT = SHAPE_COLUMNS.index("session")
+_KIND_AT = ROW_COLUMNS.index("kind")
 _INSERT_BODIES = ("INSERT OR IGNORE INTO bodies (hash, size, data) VALUES ", 3)
 _CHUNKS = (256, 32, 4, 1)  # rows per statement; few distinct statements, all cached
 
 
-def _insert_many(db: sqlite3.Connection, insert: tuple[str, int], rows: list[tuple]) -> None:
-    """Insert `rows` with multi-row INSERT statements.
+def _insert_many(db: sqlite3.Connection, insert: tuple[str, int], rows: list[tuple]) -> int:
+    """Insert `rows` with multi-row INSERT statements; return the rowid of the last one.
 
     sqlite3 releases the GIL around every statement step and takes it back after: with
     `executemany` that is one hand-over per row, and each costs the event loop thread a
@@ -174,13 +328,15 @@ def _insert_many(db: sqlite3.Connection, insert: tuple[str, int], rows: list[tup
     """
     head, width = insert
     i, n = 0, len(rows)
+    last = 0
     for size in _CHUNKS:
         if n - i < size:
             continue
         sql = head + ", ".join(["(" + ", ".join("?" * width) + ")"] * size)
         while n - i >= size:
-            db.execute(sql, [v for row in rows[i:i + size] for v in row])
+            last = db.execute(sql, [v for row in rows[i:i + size] for v in row]).lastrowid
             i += size
+    return last
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:
@@ -228,11 +384,17 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
 # Events into rows
 #
 # This runs once per request, on the event loop: every microsecond here is one the proxy does
-# not get. So a row is a tuple, what only depends on the replayed answer is computed once per
-# answer (`_AnswerFacts`) and what only depends on the request body once per body, and a
-# replay's response is not stored (the session holds it; the web API rebuilds it).
+# not get. So a shape and a row are tuples, what only depends on the replayed answer is
+# computed once per answer (`_AnswerFacts`) and what only depends on the request body once
+# per body (its hash too: `_request_hash`), and a replay's response is not stored (the session
+# holds it; the web API rebuilds it).
 
-_COL = {c: i for i, c in enumerate(COLUMNS)}
+# Where each of COLUMNS is in (shape, row): 0 or 1, and the index there.
+_FROM = tuple((0, SHAPE_COLUMNS.index(c)) if c in SHAPE_COLUMNS else (1, ROW_COLUMNS.index(c))
+              for c in COLUMNS)
+# Where each of LIST_COLUMNS but id is in shape + row (the live feed's dicts).
+_LIST_AT = tuple(SHAPE_COLUMNS.index(c) if c in SHAPE_COLUMNS
+                 else len(SHAPE_COLUMNS) + ROW_COLUMNS.index(c) for c in LIST_COLUMNS[1:])
 assert not any(is_secret_header(h) for h in REQUEST_HEADERS)
 
 
@@ -367,16 +529,24 @@ def row_from_event(ev: Any, run: str, extra: dict | None = None,
                    facts: dict | None = None) -> tuple[tuple, tuple[tuple[bytes, bytes], ...]]:
     """Return (row, blobs) for a finished `ProxyEvent`.
 
-    `row` holds the values of `COLUMNS` in order; `blobs` lists the (hash, body) pairs its
-    `req_body` and `resp_body` columns refer to (a replay's response is not kept). `extra`
-    may give `exchange` and `line` of a recorded exchange (read from the store when the event
-    happened); `facts` is a cache of per-answer facts the caller keeps between calls. Never
-    raises for odd content.
+    `row` holds the values of `COLUMNS` in order (a row of the view `requests` but its id);
+    `blobs` lists the (hash, body) pairs its `req_body` and `resp_body` columns refer to (a
+    replay's response is not kept). `extra` may give `exchange` and `line` of a recorded
+    exchange (read from the store when the event happened); `facts` is a cache of per-answer
+    facts the caller keeps between calls. Never raises for odd content.
     """
+    parts = split_event(ev, run, extra, facts)
+    return tuple(parts[p][i] for p, i in _FROM), parts[2]
+
+
+def split_event(ev: Any, run: str, extra: dict | None = None, facts: dict | None = None
+                ) -> tuple[tuple, tuple, tuple[tuple[bytes, bytes], ...]]:
+    """Return (shape, row, blobs) for a finished `ProxyEvent`: the values of `SHAPE_COLUMNS`
+    and of `ROW_COLUMNS`, and the bodies they refer to (see `row_from_event`)."""
     req = ev.request
     resp = ev.response
     kind = ev.kind
-    req_hash = _hash(req.body) if req.body else None
+    req_hash = _request_hash(req.body) if req.body else None
     model, stream, prompt = _request_facts(req, req_hash)
     ms = round(ev.ms, 3)
     status = resp.status if resp is not None else (404 if kind == "miss" else None)
@@ -451,18 +621,42 @@ def row_from_event(ev: Any, run: str, extra: dict | None = None,
     if keep_response and resp_body:
         resp_hash = _hash(resp_body)
         blobs.append((resp_hash, resp_body))
-    row = (run, ev.id, ev.started_at or time.time(), req.method, req.path,
-           clean_query(req.query) if req.query else "", kind, status, model, served, stream,
-           match, score, play, plays, ms, ttfb, len(req.body), resp_bytes, *tokens, saved,
-           session, exchange, line, ev.client or None, ev.detail or None, prompt, reply,
-           req_headers, resp_headers, req_hash, resp_hash)
+    shape = (req.method, req.path, clean_query(req.query) if req.query else "", model, served,
+             stream, match, *tokens, saved, session, exchange, line, prompt, reply, req_headers,
+             req_hash)
+    row = (run, ev.id, ev.started_at or time.time(), kind, status, score, play, plays, ms, ttfb,
+           len(req.body), resp_bytes, ev.client or None, ev.detail or None, resp_headers,
+           resp_hash)
     # Tuples of atomic values only: the garbage collector stops tracking them, so rows waiting
     # in the queue (write-behind) add nothing to its collections.
-    return row, tuple(blobs)
+    return shape, row, tuple(blobs)
 
 
 def _hash(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
+
+
+_hash_cache: dict[bytes, bytes] = {}
+_hash_cache_bytes = 0
+_HASH_CACHE_BYTES = 8 << 20
+
+
+def _request_hash(body: bytes) -> bytes:
+    """`_hash(body)`, once per distinct body: a repeated request's body is found by Python's
+    own hash of it (about 4 times cheaper than BLAKE2b) and an equality test. The cache holds
+    at most 8 MiB of bodies."""
+    global _hash_cache_bytes
+    h = _hash_cache.get(body)
+    if h is None:
+        h = _hash(body)
+        n = len(body)
+        if n <= _HASH_CACHE_BYTES >> 4:
+            if _hash_cache_bytes + n > _HASH_CACHE_BYTES or len(_hash_cache) >= 4096:
+                _hash_cache.clear()
+                _hash_cache_bytes = 0
+            _hash_cache[body] = h
+            _hash_cache_bytes += n
+    return h
 
 
 _request_cache: dict[tuple[bytes, str], tuple] = {}
@@ -563,7 +757,14 @@ class RequestLog:
         self._queued = 0  # events put (event loop side)
         self._handled = 0  # events written or given up (writer side)
         self._facts: dict = {}  # per-answer facts (see _AnswerFacts); event loop side
+        # Event loop side: each distinct shape seen (its SHAPE_COLUMNS values) -> a number of
+        # our own, which stands for it in the queue.
+        self._shapes: dict[tuple, int] = {}
+        self._next_shape = 1
+        # Writer side: what this process has written and not seen pruned since.
+        self._shape_ids: dict[int, int] = {}  # our number of a shape -> shapes.id
         self._known: dict[bytes, None] = {}  # body hashes already in `bodies`
+        self._prunes: int | None = None  # log_state's prunes when the two were last checked
         self._last_put = 0.0  # time.monotonic() of the last put (event loop side)
         self._now = threading.Event()  # write what is queued without waiting (readers, close)
         self.wants_rows: Callable[[], bool] = lambda: True
@@ -618,14 +819,22 @@ class RequestLog:
             self.dropped += 1
             return
         try:
-            item = row_from_event(event, self.run, extra, self._facts)
+            shape, row, blobs = split_event(event, self.run, extra, self._facts)
         except Exception:
             log.exception("cannot log %s %s", getattr(event.request, "method", "?"),
                           getattr(event.request, "path", "?"))
             return
+        # A replay repeats its shape: the writer learns a shape once, by our number for it.
+        shapes = self._shapes
+        key = shapes.get(shape)
+        if key is None:
+            if len(shapes) >= 20000:
+                shapes.clear()
+            key = shapes[shape] = self._next_shape
+            self._next_shape += 1
         self._queued += 1
         self._last_put = time.monotonic()
-        self._q.put(item)
+        self._q.put((key, shape, row, blobs))
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Have every event queued so far written now, and block until it is (or `timeout`
@@ -704,51 +913,84 @@ class RequestLog:
     def _write(self, items: list) -> None:
         if not items or self._db is None:
             return
-        rows, blobs = [], []
-        known = self._known
-        for row, bl in items:
-            rows.append(row)
-            for h, data in bl:
-                if h not in known:  # the same bodies come back again and again: keep one
-                    known[h] = None
-                    blobs.append((h, len(data), data[:BODY_LIMIT]))
-        if not rows:
-            return
-        if len(known) > 50000:
-            known.clear()
         db = self._db
-        # One writer at a time (BEGIN IMMEDIATE), so the batch's ids are consecutive.
+        # One writer at a time (BEGIN IMMEDIATE), so a statement's new ids are consecutive.
         db.execute("BEGIN IMMEDIATE")
         try:
-            _insert_many(db, _INSERT_ROWS, rows)
-            last = db.execute("SELECT last_insert_rowid()").fetchone()[0]
-            first = last - len(rows) + 1
+            prunes = db.execute("SELECT value FROM log_state WHERE key = 'prunes'").fetchone()[0]
+            ids, known = self._shape_ids, self._known
+            if prunes != self._prunes or len(ids) > 50000 or len(known) > 50000:
+                ids.clear()  # a prune (ours or another process's) may have deleted them
+                known.clear()
+                self._prunes = prunes
+            new, blobs = [], []
+            for key, shape, row, bl in items:
+                if key not in ids:
+                    ids[key] = 0
+                    # A recording is new (a new answer: its line), so its shape is too.
+                    look = shape[_SESSION_AT] is not None and row[_KIND_AT] != "record"
+                    new.append((key, shape, look))
+                for h, data in bl:
+                    if h not in known:  # the same bodies come back again and again: keep one
+                        known[h] = None
+                        blobs.append((h, len(data), data[:BODY_LIMIT]))
+            if new:
+                fresh = []
+                for key, shape, look in new:  # once per shape and process
+                    found = None
+                    if look:
+                        found = db.execute(_FIND_SHAPE, [shape[i] for i in _FIND_AT]).fetchone()
+                    if found is not None:
+                        ids[key] = found[0]
+                    else:
+                        fresh.append((key, shape))
+                if fresh:
+                    first = _insert_many(db, _INSERT_SHAPES,
+                                         [shape for _, shape in fresh]) - len(fresh) + 1
+                    for i, (key, _) in enumerate(fresh):
+                        ids[key] = first + i
+            rows = [row + (ids[key],) for key, _, row, _ in items]
+            first = _insert_many(db, _INSERT_ROWS, rows) - len(rows) + 1
             if blobs:
                 _insert_many(db, _INSERT_BODIES, blobs)
             db.execute("COMMIT")
         except BaseException:
+            self._shape_ids.clear()  # they may name shapes and bodies the rollback took back
+            self._known.clear()
             db.execute("ROLLBACK")
             raise
         self.written += len(rows)
         if self.on_rows is not None and self.wants_rows():
-            idx = [_COL[c] for c in LIST_COLUMNS[1:]]
-            self.on_rows([{"id": first + i, **{c: row[j] for c, j in zip(LIST_COLUMNS[1:], idx)}}
-                          for i, row in enumerate(rows)])
+            names, at = LIST_COLUMNS[1:], _LIST_AT
+            out = []
+            for i, (_, shape, row, _) in enumerate(items):
+                values = shape + row
+                d = {"id": first + i}
+                d.update(zip(names, [values[j] for j in at]))
+                out.append(d)
+            self.on_rows(out)
 
     def prune(self) -> int:
-        """Delete rows older than `max_age_days` and vacuum if any went; return how many."""
+        """Delete rows older than `max_age_days`, then the shapes and bodies no row uses any
+        more, and vacuum if any row went; return how many rows went."""
         if self.max_age_days <= 0 or self._db is None:
             return 0
         cutoff = time.time() - self.max_age_days * 86400
         db = self._db
         db.execute("BEGIN IMMEDIATE")
-        n = db.execute("DELETE FROM requests WHERE at < ?", (cutoff,)).rowcount
-        if n:
-            db.execute("DELETE FROM bodies WHERE hash NOT IN (SELECT req_body FROM requests "
-                       "WHERE req_body IS NOT NULL UNION SELECT resp_body FROM requests "
-                       "WHERE resp_body IS NOT NULL)")
-            self._known.clear()
-        db.execute("COMMIT")
+        try:
+            n = db.execute("DELETE FROM log_rows WHERE at < ?", (cutoff,)).rowcount
+            if n:
+                db.execute("DELETE FROM shapes WHERE id NOT IN (SELECT shape FROM log_rows)")
+                db.execute("DELETE FROM bodies WHERE hash NOT IN (SELECT req_body FROM shapes "
+                           "WHERE req_body IS NOT NULL UNION SELECT resp_body FROM log_rows "
+                           "WHERE resp_body IS NOT NULL)")
+                # Every writer (this one, another process's) forgets what it wrote: see _write.
+                db.execute("UPDATE log_state SET value = value + 1 WHERE key = 'prunes'")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
         if n:
             db.execute("VACUUM")
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -824,6 +1066,9 @@ class RequestLog:
         """
         where, args = _filters(None, None, None, None, since, until, None)
         w = f" WHERE {' AND '.join(where)}" if where else ""
+        # What needs no column of `shapes` reads `log_rows` itself: the view's rows are
+        # log_rows' rows, and SQLite keeps the view's join in an aggregate even when it is
+        # not needed (a lookup per row).
         agg = ("COUNT(*) AS requests, "
                "SUM(kind = 'replay') AS hits, "
                "SUM(kind IN ('record', 'forward', 'miss')) AS misses, "
@@ -841,7 +1086,7 @@ class RequestLog:
             kinds = []
             for r in db.execute(f"SELECT kind, COUNT(*) AS requests, AVG(ms) AS avg_ms, "
                                 f"AVG(ttfb_ms) AS avg_ttfb_ms, MAX(ms) AS max_ms, "
-                                f"COALESCE(SUM(resp_bytes), 0) AS bytes_out FROM requests{w} "
+                                f"COALESCE(SUM(resp_bytes), 0) AS bytes_out FROM log_rows{w} "
                                 f"GROUP BY kind ORDER BY requests DESC", args):
                 by_kind[r["kind"]] = r["requests"]
                 kinds.append(dict(r))
@@ -859,7 +1104,7 @@ class RequestLog:
                 for t in range(start, int(max(hi, lo + 1)), bucket):
                     timeline[t] = {"t": t, **{k: 0 for k in KINDS}}
             for r in db.execute(f"SELECT CAST(at / {bucket} AS INTEGER) * {bucket} AS t, kind, "
-                                f"COUNT(*) AS n FROM requests{w} GROUP BY t, kind", args):
+                                f"COUNT(*) AS n FROM log_rows{w} GROUP BY t, kind", args):
                 timeline.setdefault(r["t"], {"t": r["t"], **{k: 0 for k in KINDS}})[r["kind"]] = r["n"]
         finally:
             db.close()
@@ -877,7 +1122,7 @@ class RequestLog:
         """Return how many rows the log holds."""
         db = self._reader()
         try:
-            return db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+            return db.execute("SELECT COUNT(*) FROM log_rows").fetchone()[0]  # see stats
         finally:
             db.close()
 
@@ -930,4 +1175,5 @@ def _filters(q, model, kinds, status, since, until, session) -> tuple[list[str],
 
 
 __all__ = ["RequestLog", "LogError", "MIGRATIONS", "migrate", "connect", "row_from_event",
-           "KINDS", "COLUMNS", "LIST_COLUMNS", "REQUEST_HEADERS"]
+           "split_event", "KINDS", "COLUMNS", "SHAPE_COLUMNS", "ROW_COLUMNS", "LIST_COLUMNS",
+           "REQUEST_HEADERS"]

@@ -470,7 +470,9 @@ def test_retention_deletes_old_rows_and_their_bodies(upstream, start_rechat, tmp
     until(lambda: len(api(r, "logs")["items"]) == 3)
     assert r.stop() == 0
     with sqlite3.connect(db_path) as db:
-        db.execute("UPDATE requests SET at = at - 10 * 86400 WHERE prompt LIKE 'old%'")
+        # `requests` is a view: a row's time is in log_rows
+        db.execute("UPDATE log_rows SET at = at - 10 * 86400 "
+                   "WHERE id IN (SELECT id FROM requests WHERE prompt LIKE 'old%')")
         assert db.execute("SELECT COUNT(*) FROM bodies").fetchone()[0] == 6
     r = start_rechat(*args, "--log-max-age-days", "7")
     assert [x["prompt"] for x in api(r, "logs")["items"]] == ["fresh"]
