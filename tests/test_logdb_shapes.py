@@ -278,3 +278,41 @@ def test_row_from_event_is_the_shape_and_the_row(kind):
     assert blobs == blobs2
     named = dict(zip(logdb.SHAPE_COLUMNS + logdb.ROW_COLUMNS, shape + row))
     assert full == tuple(named[c] for c in logdb.COLUMNS)
+
+
+def test_a_repeated_replay_queues_what_split_event_gives(tmp_path):
+    # From its second time on, a replay's row is made from the event's varying values only;
+    # what is queued must be what the general path gives, for every variation of the event.
+    a, b = _answer("a", "Paris."), _answer("b", "Rome.", index=2)
+    evs = [_replay(a, "capital?", 1), _replay(a, "capital?", 2),
+           _replay(a, "capital?", 3), _replay(a, "other", 4), _replay(b, "capital?", 5)]
+    evs[1].position = (1, 3)
+    evs[2].response = Response(200, [("Content-Type", "text/event-stream")], b"")
+    evs[2].detail = "client left"
+    evs.append(_replay(a, "capital?", 6, similarity=0.5))  # fuzzy: the general path
+    headers = _replay(a, "capital?", 7)
+    headers.request = Request("POST", "/v1/chat/completions", "", HEADERS[:1],
+                              bytes(bytearray(_body("capital?"))))
+    evs.append(headers)
+    lg = RequestLog(str(tmp_path / "log.sqlite"))
+    lg.open()
+    try:
+        lg.max_delay_s = lg.idle_s = 600  # keep the rows queued
+        lg.high_water = 10 ** 6
+        for ev in evs:
+            lg.put(ev)
+        queued = []
+        while not lg._q.empty():
+            queued.append(lg._q.get_nowait())
+        assert len(queued) == len(evs)
+        assert len(lg._replays) >= 2  # the fast path had entries to use
+        numbers: dict[tuple, int] = {}
+        for ev, (key, shape, row, blobs) in zip(evs, queued):
+            want_shape, want_row, want_blobs = logdb.split_event(ev, lg.run, None, {})
+            assert (shape, row) == (want_shape, want_row)
+            assert set(blobs) <= set(want_blobs) and (blobs or not want_blobs)
+            assert numbers.setdefault(shape, key) == key  # one number per shape
+        assert len(set(numbers.values())) == len(numbers)
+    finally:
+        lg._now.set()
+        lg.close()
