@@ -31,6 +31,7 @@ idle connection as the request went out: it never saw it).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import zlib
 from typing import Any, AsyncIterator
@@ -53,8 +54,12 @@ def handles(method: str, headers: list[tuple[str, str]]) -> bool:
 
     `headers` are the request's (name, value) pairs as they will be sent.
     """
-    if method not in METHODS:
-        return False
+    return method in METHODS and decodes(headers)
+
+
+def decodes(headers) -> bool:
+    """True when the request's (name, value) `headers` accept no content coding but those this
+    client decodes (gzip, deflate, identity)."""
     for k, v in headers:
         if k.lower() == "accept-encoding":
             for coding in v.split(","):
@@ -199,25 +204,17 @@ class Response:
         self._conn.done(self)
 
 
-_head_cache: dict[tuple, tuple[CIMultiDictProxy, int | None, str]] = {}
-
-
+@functools.lru_cache(maxsize=256)
 def _head_facts(raw: tuple[tuple[bytes, bytes], ...]) -> tuple[CIMultiDictProxy, int | None, str]:
     """(headers, Content-Length or None, content coding) of a response's raw headers. An
     upstream repeats its headers (Date changes once a second), so each distinct tuple is
     decoded once; the headers are read-only, so sharing them is safe."""
-    got = _head_cache.get(raw)
-    if got is None:
-        h: CIMultiDict = CIMultiDict()
-        for k, v in raw:
-            h.add(k.decode("latin-1"), v.decode("latin-1"))
-        cl = h.get("Content-Length")
-        got = (CIMultiDictProxy(h), int(cl) if cl is not None and cl.isdigit() else None,
-               h.get("Content-Encoding", "").strip().lower())
-        if len(_head_cache) > 256:
-            _head_cache.clear()
-        _head_cache[raw] = got
-    return got
+    h: CIMultiDict = CIMultiDict()
+    for k, v in raw:
+        h.add(k.decode("latin-1"), v.decode("latin-1"))
+    cl = h.get("Content-Length")
+    return (CIMultiDictProxy(h), int(cl) if cl is not None and cl.isdigit() else None,
+            h.get("Content-Encoding", "").strip().lower())
 
 
 class _Deflate:

@@ -15,6 +15,7 @@ so the recording is still whole.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -439,9 +440,7 @@ def _delays(answer: Answer, reply: answers.Reply, factor: float) -> list[float]:
     return out
 
 
-_upstream_cache: dict[tuple, tuple[tuple, str, tuple]] = {}
-
-
+@functools.lru_cache(maxsize=256)
 def _upstream_headers(raw: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple, str, tuple]:
     """(headers, Content-Type, headers for the client) of an upstream response's raw headers.
 
@@ -450,16 +449,10 @@ def _upstream_headers(raw: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple, str,
     be decoded or rewritten) and ends with ``x-rechat: forward``. An upstream repeats its
     headers (Date changes once a second), so each distinct tuple is worked out once.
     """
-    got = _upstream_cache.get(raw)
-    if got is None:
-        headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
-        ctype = next((v for k, v in headers if k.lower() == "content-type"), "")
-        to_client = tuple((k, v) for k, v in headers if k.lower() not in _NOT_TO_CLIENT)
-        got = (headers, ctype, to_client + (("x-rechat", "forward"),))
-        if len(_upstream_cache) > 256:
-            _upstream_cache.clear()
-        _upstream_cache[raw] = got
-    return got
+    headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
+    ctype = next((v for k, v in headers if k.lower() == "content-type"), "")
+    to_client = tuple((k, v) for k, v in headers if k.lower() not in _NOT_TO_CLIENT)
+    return headers, ctype, to_client + (("x-rechat", "forward"),)
 
 
 def _set_headers(resp: web.StreamResponse, headers) -> None:

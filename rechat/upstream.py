@@ -10,6 +10,8 @@ for the requests it takes (rechat/http1.py says why). Must not import the proxy.
 
 from __future__ import annotations
 
+import functools
+
 import aiohttp
 from yarl import URL
 
@@ -58,7 +60,7 @@ class Upstream:
         Raises aiohttp.ClientError or asyncio.TimeoutError (the proxy maps them to 502/504).
         """
         assert self.session is not None, "the gateway has not started"
-        out, skip, fast_ok = _outgoing(headers)
+        out, skip, fast_ok = _outgoing(tuple(headers))
         if self.fast is not None and self._plain and fast_ok and method in http1.METHODS:
             target = _join(self._path, path) or "/"
             return self.fast.request(method, self._host, self._port,
@@ -69,26 +71,17 @@ class Upstream:
                                     skip_auto_headers=skip, timeout=self.timeout)
 
 
-_outgoing_cache: dict[tuple, tuple[list[tuple[str, str]], list[str], bool]] = {}
-
-
-def _outgoing(headers: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[str], bool]:
+@functools.lru_cache(maxsize=256)
+def _outgoing(headers: tuple[tuple[str, str], ...]
+              ) -> tuple[list[tuple[str, str]], list[str], bool]:
     """(headers to send, aiohttp's auto headers to skip, whether http1 can decode every coding
-    the client accepts) for a client's header list. A client sends the same list again and
-    again, so each distinct one is worked out once (the lists returned are shared: read only).
+    the client accepts) for a client's headers. A client sends the same headers again and
+    again, so each distinct tuple is worked out once (the lists returned are shared: read only).
     """
-    key = tuple(headers)
-    got = _outgoing_cache.get(key)
-    if got is None:
-        out = [(k, v) for k, v in headers
-               if k.lower() not in HOP_BY_HOP and k.lower() not in ("host", "content-length")]
-        sent = {k.lower() for k, _ in out}
-        skip = [h for h in _AUTO if h.lower() not in sent]
-        got = (out, skip, http1.handles("GET", out))
-        if len(_outgoing_cache) > 256:
-            _outgoing_cache.clear()
-        _outgoing_cache[key] = got
-    return got
+    out = [(k, v) for k, v in headers
+           if k.lower() not in HOP_BY_HOP and k.lower() not in ("host", "content-length")]
+    sent = {k.lower() for k, _ in out}
+    return out, [h for h in _AUTO if h.lower() not in sent], http1.decodes(out)
 
 
 def _join(base: str, path: str) -> str:
