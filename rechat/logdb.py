@@ -624,12 +624,20 @@ def split_event(ev: Any, run: str, extra: dict | None = None, facts: dict | None
     shape = (req.method, req.path, clean_query(req.query) if req.query else "", model, served,
              stream, match, *tokens, saved, session, exchange, line, prompt, reply, req_headers,
              req_hash)
-    row = (run, ev.id, ev.started_at or time.time(), kind, status, score, play, plays, ms, ttfb,
-           len(req.body), resp_bytes, ev.client or None, ev.detail or None, resp_headers,
-           resp_hash)
+    row = _row(run, ev, kind, status, score, play, plays, ms, ttfb, resp_bytes, resp_headers,
+               resp_hash)
     # Tuples of atomic values only: the garbage collector stops tracking them, so rows waiting
     # in the queue (write-behind) add nothing to its collections.
     return shape, row, tuple(blobs)
+
+
+def _row(run: str, ev: Any, kind: str, status: int | None, score: float | None,
+         play: int | None, plays: int | None, ms: float, ttfb: float | None,
+         resp_bytes: int | None, resp_headers: str | None, resp_hash: bytes | None) -> tuple:
+    """The values of `ROW_COLUMNS` for the event `ev`: those given, and those read from it."""
+    return (run, ev.id, ev.started_at or time.time(), kind, status, score, play, plays, ms, ttfb,
+            len(ev.request.body), resp_bytes, ev.client or None, ev.detail or None, resp_headers,
+            resp_hash)
 
 
 def _hash(data: bytes) -> bytes:
@@ -873,11 +881,9 @@ class RequestLog:
         body = resp.body if resp is not None else b""
         ms = round(ev.ms, 3)
         pos = ev.position
-        row = (self.run, ev.id, ev.started_at or time.time(), "replay",
-               resp.status if resp is not None else None, 1.0,
-               pos[0] + 1 if pos else None, pos[1] if pos else None, ms, ms,
-               len(ev.request.body), len(body) if body else sse_bytes, ev.client or None,
-               ev.detail or None, None, None)
+        row = _row(self.run, ev, "replay", resp.status if resp is not None else None, 1.0,
+                   pos[0] + 1 if pos else None, pos[1] if pos else None, ms, ms,
+                   len(body) if body else sse_bytes, None, None)
         return key, shape, row, blobs
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
