@@ -125,6 +125,11 @@ class WebUI:
         self._summaries: dict[str, tuple[int, dict]] = {}
         self._names: dict[tuple[str, str], str] = {}  # (root, session path) -> its UI name
         self._assets = _load_assets()
+        # Live in-flight tracking (see on_event): requests started since the last tick, the
+        # ids live clients were told about (by a `start` event or the `hello` list), the tick.
+        self._starting: dict[int, Any] = {}
+        self._announced: set[int] = set()
+        self._tick: asyncio.TimerHandle | None = None
         token = config.ui_token or None
         self.token = token
         self.cookie = ("rechat_" + hashlib.sha256(token.encode()).hexdigest()[:12]) if token else None
@@ -132,16 +137,39 @@ class WebUI:
     # -- events from the proxy -------------------------------------------------------------
 
     def on_event(self, ev) -> None:
-        """The proxy's subscriber: queue finished requests for the log, tell live clients."""
+        """The proxy's subscriber: queue finished requests for the log, tell live clients.
+
+        Live clients hear of a request in flight (``start``, later ``end``) only when it is
+        still running at the next tick, at most `COALESCE_S` after it started; one answered
+        sooner shows up only as its ``exchange`` row. Under load that spares two of the three
+        frames per request (their encoding, the page's work); and a request that short could
+        not be seen in flight anyway on a page that redraws once per animation frame.
+        """
         if ev.kind == "start":
             if self.hub.clients:
-                self.hub.send("start", self._inflight_item(ev, time.time()))
+                self._starting[ev.id] = ev
+                if self._tick is None and self.loop is not None:
+                    self._tick = self.loop.call_later(COALESCE_S, self._announce)
             return
-        if self.hub.clients:
-            self.hub.send("end", {"id": ev.id, "kind": ev.kind})
+        if self._starting.pop(ev.id, None) is None and ev.id in self._announced:
+            self._announced.discard(ev.id)
+            if self.hub.clients:
+                self.hub.send("end", {"id": ev.id, "kind": ev.kind})
         lg = self.log
         if lg is not None:
             lg.put(ev, self._recorded_at(ev.file) if ev.kind == "record" and ev.file else None)
+
+    def _announce(self) -> None:
+        # The tick: the requests started since the last one and still running go out as
+        # `start` events (the others have ended: their `exchange` row says it all).
+        self._tick = None
+        starting, self._starting = self._starting, {}
+        if not self.hub.clients:
+            return
+        now = time.time()
+        for ev in starting.values():
+            self._announced.add(ev.id)
+            self.hub.send("start", self._inflight_item(ev, now))
 
     def _recorded_at(self, file: str) -> dict | None:
         # The store has just indexed the recording: it is the file's last answer.
@@ -355,9 +383,11 @@ class WebUI:
         await resp.prepare(req)
         q: asyncio.Queue = asyncio.Queue(maxsize=20000)
         now = time.time()
+        flying = list(self.proxy.inflight.values())
         hello = {"now": now, "run": self.log.run if self.log else None,
-                 "inflight": [self._inflight_item(ev, now) for ev in list(self.proxy.inflight.values())]}
+                 "inflight": [self._inflight_item(ev, now) for ev in flying]}
         self.hub.clients.add(q)
+        self._announced.update(ev.id for ev in flying)  # their end is news to this client
         try:
             await resp.write(b"retry: 1000\nevent: hello\ndata: " + json.dumps(hello).encode() + b"\n\n")
             while True:

@@ -427,6 +427,50 @@ def test_inflight_and_live_events(upstream, start_rechat, tmp_path):
         assert db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 1
 
 
+def test_quick_requests_reach_the_live_stream_only_as_rows(upstream, start_rechat, tmp_path):
+    # A request answered before the next tick (50 ms) gets no start/end frames, only its row.
+    r = start_rechat("serve", upstream.url, "--sessions", str(tmp_path / "s"))
+    c = r.client()
+    ask = [{"role": "user", "content": "quick"}]
+    c.chat.completions.create(model="m", messages=ask)  # recorded: the rest are replays
+    reader = EventReader(r.base)
+    try:
+        until(lambda: reader.of("hello"))
+        for _ in range(10):
+            assert c.chat.completions.create(model="m", messages=ask).choices[0].message.content
+        # (the recording's row may come too: rows are written behind)
+        replays = lambda: [x for x in reader.of("exchange") if x["kind"] == "replay"]  # noqa: E731
+        rows = until(lambda: len(replays()) >= 10 and replays())
+        assert len({x["req"] for x in rows}) == 10
+        time.sleep(0.2)  # a tick would have announced a request still thought to be running
+        assert reader.of("start") == [] and reader.of("end") == []
+    finally:
+        reader.close()
+
+
+def test_a_request_in_flight_at_hello_gets_its_end(upstream, start_rechat, tmp_path):
+    r = start_rechat("serve", upstream.url, "--sessions", str(tmp_path / "s"))
+    done = threading.Event()
+
+    def slow() -> None:
+        list(r.client().chat.completions.create(
+            model="slow", stream=True, messages=[{"role": "user", "content": "take your time"}]))
+        done.set()
+
+    threading.Thread(target=slow, daemon=True).start()
+    item = until(lambda: api(r, "inflight")["items"])[0]
+    reader = EventReader(r.base)  # connects while the request runs: it is in the hello
+    try:
+        hello = until(lambda: reader.of("hello"))[0]
+        assert [i["id"] for i in hello["inflight"]] == [item["id"]]
+        assert done.wait(10)
+        until(lambda: reader.of("exchange"))
+        assert [e["id"] for e in until(lambda: reader.of("end"))] == [item["id"]]
+        assert reader.of("start") == []  # it started before this client connected
+    finally:
+        reader.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # Options: token, no UI, default location, retention, schema
 
