@@ -30,12 +30,12 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 
@@ -46,33 +46,53 @@ TARGET = 0.9  # log-on replay req/s >= 0.9 x log-off
 
 
 class Viewer:
-    """A live-feed reader: GET /_rechat/api/events in a thread, counting `exchange` events."""
+    """A live-feed reader, in its own process as a browser tab is: GET /_rechat/api/events,
+    counting `exchange` events (`bench_log.py --viewer PORT`; it prints the count at SIGTERM).
+    In a thread of this process it would take the GIL from the load generator, and the bench
+    would then measure its own client."""
 
-    def __init__(self, port: int) -> None:
-        self.port, self.events, self._stop = port, 0, threading.Event()
-        self._resp = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._resp = urllib.request.urlopen(
-                f"http://{bp.HOST}:{self.port}/_rechat/api/events", timeout=30)
-            for line in self._resp:
-                if self._stop.is_set():
-                    break
-                if line.startswith(b"event: exchange"):
-                    self.events += 1
-        except Exception:
-            pass
+    def __init__(self, port: int, logdir: str) -> None:
+        self.port = port
+        self.events = 0
+        self.proc = subprocess.Popen([bp.PY, os.path.abspath(__file__), "--viewer", str(port)],
+                                     stdout=subprocess.PIPE, text=True)
 
     def stop(self) -> None:
-        self._stop.set()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
         try:
-            if self._resp is not None:
-                self._resp.close()
-        except Exception:
-            pass
+            out, _ = self.proc.communicate(timeout=10)
+            self.events = int(out.split()[-1]) if out.split() else 0
+        except (subprocess.TimeoutExpired, ValueError):
+            self.proc.kill()
+
+
+def wait_flushed(port: int) -> None:
+    """Have the log of the rechat at `port` write what it holds (a read does: /stats), and
+    give its live stream time to send the rows out."""
+    with urllib.request.urlopen(f"http://{bp.HOST}:{port}/_rechat/api/stats", timeout=30) as r:
+        r.read()
+    time.sleep(0.5)
+
+
+def run_viewer(port: int) -> None:
+    """The `--viewer` process: read the live stream until SIGTERM, then print the count."""
+    count = 0
+
+    def done(*_: object) -> None:
+        print(count, flush=True)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, done)
+    try:
+        with urllib.request.urlopen(f"http://{bp.HOST}:{port}/_rechat/api/events",
+                                    timeout=600) as resp:
+            for line in resp:
+                if line.startswith(b"event: exchange"):
+                    count += 1
+    except Exception:
+        pass
+    done()
 
 
 def main() -> int:
@@ -94,7 +114,7 @@ def main() -> int:
     logdir = os.path.join(tmp, "logs")
     os.makedirs(logdir)
     servers: dict[str, bp.Server] = {}
-    viewers: list[Viewer] = []
+    viewers: dict[str, Viewer] = {}
     results: dict[tuple[str, int], list[bp.Phase]] = {}
     sent: dict[str, int] = {}
     writer: dict[str, float] = {}  # writer thread CPU us per row
@@ -126,7 +146,7 @@ def main() -> int:
                     argv += ["--log-db", os.path.join(tmp, f"log-{key}.sqlite")]
                 servers[key] = bp.Server(key, argv, p, logdir).start()
                 if variant == "on+viewer":
-                    viewers.append(Viewer(p))
+                    viewers[key] = Viewer(p, logdir)
                 keys.append((key, stream))
                 sent[key] = 0
         expect = {k: bp.check_answer(servers[k].port, s) for k, s in keys}
@@ -156,8 +176,10 @@ def main() -> int:
                     lg = json.loads(resp.read())["log"]
                 writer[key] = lg.get("writer_cpu_s", 0) * 1e6 / max(1, lg["written"])
         # Every request sent must be in the log once the servers have stopped (flushed).
-        for v in viewers:
-            v.stop()
+        for key in viewers:
+            # the rows written by now have been sent to it (the rest are written at stop)
+            wait_flushed(servers[key].port)
+            viewers[key].stop()
         for key in list(servers):
             servers[key].stop()
         rows = {}
@@ -172,7 +194,7 @@ def main() -> int:
     except Exception as e:
         return bp.report_failure(e, servers.values())
     finally:
-        for v in viewers:
+        for v in viewers.values():
             v.stop()
         for s in servers.values():
             s.stop()
@@ -217,10 +239,13 @@ def main() -> int:
     for key, n in rows.items():
         print(f"  log {key:<15} {n} rows for {sent[key]} requests sent"
               + ("" if n == sent[key] else "   MISMATCH")
-              + f"; writer thread {writer.get(key, 0):.1f} us CPU per row")
+              + f"; writer thread {writer.get(key, 0):.1f} us CPU per row"
+              + (f"; the viewer got {viewers[key].events} rows" if key in viewers else ""))
     print(f"verdict: {sum(verdicts)} of {len(verdicts)} targets met")
     return 0
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--viewer"]:
+        run_viewer(int(sys.argv[2]))
     sys.exit(main())

@@ -302,6 +302,12 @@ ROW_COLUMNS = ("run", "req", "at", "kind", "status", "score", "play", "plays", "
 assert sorted(SHAPE_COLUMNS + ROW_COLUMNS) == sorted(COLUMNS)
 LIST_COLUMNS = ("id",) + tuple(c for c in COLUMNS if c not in (
     "req_headers", "resp_headers", "req_body", "resp_body"))
+# What each half of a row gives `LIST_COLUMNS` (all of it but the headers and bodies, last).
+LIVE_SHAPE_COLUMNS = SHAPE_COLUMNS[:-2]
+LIVE_ROW_COLUMNS = ROW_COLUMNS[:-2]
+assert SHAPE_COLUMNS[-2:] == ("req_headers", "req_body")
+assert ROW_COLUMNS[-2:] == ("resp_headers", "resp_body")
+assert sorted(("id",) + LIVE_SHAPE_COLUMNS + LIVE_ROW_COLUMNS) == sorted(LIST_COLUMNS)
 _INSERT_SHAPES = (f"INSERT INTO shapes ({', '.join(SHAPE_COLUMNS)}) VALUES ",
                   len(SHAPE_COLUMNS))
 _INSERT_ROWS = (f"INSERT INTO log_rows ({', '.join(ROW_COLUMNS)}, shape) VALUES ",
@@ -640,6 +646,19 @@ def _row(run: str, ev: Any, kind: str, status: int | None, score: float | None,
             resp_hash)
 
 
+def live_rows(first_id: int, items: list[tuple]) -> list[dict]:
+    """The rows `RequestLog.on_rows` is given, as dicts of `LIST_COLUMNS` (as `logs` returns
+    them): `items` is a list of ``(key, shape, row)``, row i with id ``first_id + i``."""
+    names, at = LIST_COLUMNS[1:], _LIST_AT
+    out = []
+    for i, (_, shape, row) in enumerate(items):
+        values = shape + row
+        d = {"id": first_id + i}
+        d.update(zip(names, [values[j] for j in at]))
+        out.append(d)
+    return out
+
+
 def _hash(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
@@ -730,8 +749,13 @@ _STOP = object()
 class RequestLog:
     """The request log at `path`: `open()`, then `put(event)` from the event loop, `close()`.
 
-    `on_rows(rows)` is called on the writer thread with each batch of inserted rows (dicts of
-    `LIST_COLUMNS`) when `wants_rows()` is true; it must not block. While `wants_rows()` is
+    `on_rows(first_id, items)` is called on the writer thread with each batch of inserted rows
+    when `wants_rows()` is true; it must not block. `items` is a list of ``(key, shape, row)``:
+    the values of `SHAPE_COLUMNS` and `ROW_COLUMNS` (tuples), and `key` an int naming that
+    shape for the life of this RequestLog (the same shape, the same key; never reused); row i
+    has the id ``first_id + i``. `live_rows` turns them into dicts of `LIST_COLUMNS`, as `logs`
+    returns them; a live stream may instead encode each shape once (by its key) and only the
+    row's own values per row. While `wants_rows()` is
     true the writer waits `flush_s` (s) after the first event of a batch, so rows reach the
     live stream at most about `flush_s` after their request ended; otherwise it waits as the
     module docstring says (`idle_s`, `max_delay_s` in s; `high_water` rows; `max_delay_s` 0
@@ -740,7 +764,7 @@ class RequestLog:
     """
 
     def __init__(self, path: str, max_age_days: float = 7.0,
-                 on_rows: Callable[[list[dict]], None] | None = None,
+                 on_rows: Callable[[int, list[tuple]], None] | None = None,
                  max_pending: int = 20000, batch: int = 2000, flush_s: float = 0.1,
                  idle_s: float = 0.25, max_delay_s: float = 5.0,
                  high_water: int = 5000) -> None:
@@ -1011,14 +1035,7 @@ class RequestLog:
             raise
         self.written += len(rows)
         if self.on_rows is not None and self.wants_rows():
-            names, at = LIST_COLUMNS[1:], _LIST_AT
-            out = []
-            for i, (_, shape, row, _) in enumerate(items):
-                values = shape + row
-                d = {"id": first + i}
-                d.update(zip(names, [values[j] for j in at]))
-                out.append(d)
-            self.on_rows(out)
+            self.on_rows(first, [(key, shape, row) for key, shape, row, _ in items])
 
     def prune(self) -> int:
         """Delete rows older than `max_age_days`, then the shapes and bodies no row uses any
@@ -1226,4 +1243,4 @@ def _filters(q, model, kinds, status, since, until, session) -> tuple[list[str],
 
 __all__ = ["RequestLog", "LogError", "MIGRATIONS", "migrate", "connect", "row_from_event",
            "split_event", "KINDS", "COLUMNS", "SHAPE_COLUMNS", "ROW_COLUMNS", "LIST_COLUMNS",
-           "REQUEST_HEADERS"]
+           "LIVE_SHAPE_COLUMNS", "LIVE_ROW_COLUMNS", "live_rows", "REQUEST_HEADERS"]

@@ -44,7 +44,7 @@ from aiohttp import web
 from rechat import __version__, answers, render
 from rechat.exchange import CHAT_PATHS, Answer, Exchange, Request, Response
 from rechat.fingerprint import request_params
-from rechat.logdb import KINDS, LogError, RequestLog
+from rechat.logdb import KINDS, LIVE_ROW_COLUMNS, LIVE_SHAPE_COLUMNS, LogError, RequestLog
 from rechat.matching import NearIndex, diff, nearest
 from rechat.store import shown_messages
 from rechat.sse import SSEParser
@@ -79,6 +79,18 @@ class BadRequest(Exception):
 
 
 _LIVE_JSON = json.JSONEncoder(ensure_ascii=False, default=str).encode  # one encoder, not one per event
+_zone: tuple[int, Any] = (-1, None)  # (minute since the epoch, the local zone then)
+
+
+def _iso_time(at: float) -> str:
+    """The epoch time `at` (s) in ISO 8601, local time with its UTC offset, to the ms:
+    ``2026-11-22T04:05:06.789+01:00``, as ``datetime.fromtimestamp(at).astimezone()`` gives
+    it, with the zone looked up once a minute (offsets change on whole minutes)."""
+    global _zone
+    minute = int(at // 60)
+    if _zone[0] != minute:
+        _zone = (minute, datetime.fromtimestamp(minute * 60).astimezone().tzinfo)
+    return datetime.fromtimestamp(at, _zone[1]).isoformat(timespec="milliseconds")
 
 
 class Hub:
@@ -88,12 +100,16 @@ class Hub:
         self.clients: set[asyncio.Queue] = set()
 
     def send(self, kind: str, data: Any) -> None:
-        if not self.clients:
-            return
-        frame = f"event: {kind}\ndata: {_LIVE_JSON(data)}\n\n".encode()
+        """Queue the event `kind` with `data` (encoded as JSON) to every client."""
+        if self.clients:
+            self.send_frames([f"event: {kind}\ndata: {_LIVE_JSON(data)}\n\n".encode()])
+
+    def send_frames(self, frames: list[bytes]) -> None:
+        """Queue whole SSE events (``event: ...\ndata: ...\n\n`` each) to every client."""
         for q in list(self.clients):
             try:
-                q.put_nowait(frame)
+                for frame in frames:
+                    q.put_nowait(frame)
             except asyncio.QueueFull:
                 # A client this far behind reconnects (EventSource does) and reloads.
                 self.clients.discard(q)
@@ -130,6 +146,7 @@ class WebUI:
         self._starting: dict[int, Any] = {}
         self._announced: set[int] = set()
         self._tick: asyncio.TimerHandle | None = None
+        self._shape_json: dict[int, str] = {}  # a log shape's key -> its members' JSON (rows)
         token = config.ui_token or None
         self.token = token
         self.cookie = ("rechat_" + hashlib.sha256(token.encode()).hexdigest()[:12]) if token else None
@@ -182,14 +199,37 @@ class WebUI:
         n = sum(1 for i, m in enumerate(s.messages) if i and m.get("role") == "assistant")
         return {"exchange": n - 1, "line": s.lines[-1] if s.lines else None} if n else None
 
-    def _on_rows(self, rows: list[dict]) -> None:
+    def _on_rows(self, first: int, items: list[tuple]) -> None:
         # Writer thread: hand the inserted rows to the loop only when someone is watching.
         if self.hub.clients and self.loop is not None:
-            self.loop.call_soon_threadsafe(self._send_rows, rows)
+            self.loop.call_soon_threadsafe(self._send_rows, first, items)
 
-    def _send_rows(self, rows: list[dict]) -> None:
-        for r in rows:
-            self.hub.send("exchange", self._public(r))
+    def _send_rows(self, first: int, items: list[tuple]) -> None:
+        """Send rows just written (`RequestLog.on_rows`) to live clients as `exchange` events.
+
+        Each is the object `logs` gives for the row (what `_public` makes of it; its keys in
+        another order). The members that come from the row's shape (with the session's name)
+        are encoded once per shape: a repeated replay's row costs the encoding of its own
+        15 values.
+        """
+        if not self.hub.clients:
+            return
+        tails = self._shape_json
+        frames = []
+        for i, (key, shape, row) in enumerate(items):
+            tail = tails.get(key)
+            if tail is None:
+                if len(tails) >= 4096:
+                    tails.clear()
+                d = dict(zip(LIVE_SHAPE_COLUMNS, shape))
+                s = d["session"]
+                d["session_name"] = self._name_of(s) if s else None
+                tail = tails[key] = ", " + _LIVE_JSON(d)[1:] + "\n\n"
+            d = dict(zip(LIVE_ROW_COLUMNS, row))  # (row's headers and body left out)
+            d["id"] = first + i
+            d["time"] = _iso_time(d["at"])
+            frames.append(("event: exchange\ndata: " + _LIVE_JSON(d)[:-1] + tail).encode())
+        self.hub.send_frames(frames)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -422,7 +462,7 @@ class WebUI:
         out = dict(row)
         s = row.get("session")
         out["session_name"] = self._name_of(s) if s else None
-        out["time"] = datetime.fromtimestamp(row["at"]).astimezone().isoformat(timespec="milliseconds")
+        out["time"] = _iso_time(row["at"])
         return out
 
     def _detail(self, row: dict) -> dict:

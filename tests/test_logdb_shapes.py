@@ -184,7 +184,7 @@ def test_a_log_written_at_schema_2_is_upgraded_in_place_with_its_rows(tmp_path):
 def test_replays_of_one_answer_share_one_shape_across_restarts(tmp_path):
     path = tmp_path / "log.sqlite"
     got: list[dict] = []
-    lg = RequestLog(str(path), max_age_days=0, on_rows=got.extend)
+    lg = RequestLog(str(path), max_age_days=0, on_rows=lambda first, items: got.extend(logdb.live_rows(first, items)))
     lg.wants_rows = lambda: True
     lg.open()
     a, b = _answer("a", "Paris."), _answer("b", "Rome.")

@@ -11,7 +11,7 @@ import threading
 import time
 
 from rechat.exchange import Request, Response
-from rechat.logdb import RequestLog
+from rechat.logdb import RequestLog, live_rows
 from rechat.proxy import ProxyEvent
 
 
@@ -97,7 +97,7 @@ def test_high_water_rows_are_written_without_a_pause(tmp_path):
 
 def test_a_live_viewer_gets_rows_within_flush_s_and_close_writes_the_rest(tmp_path):
     got: list[dict] = []
-    lg = RequestLog(str(tmp_path / "log.sqlite"), on_rows=got.extend, idle_s=10,
+    lg = RequestLog(str(tmp_path / "log.sqlite"), on_rows=lambda first, items: got.extend(live_rows(first, items)), idle_s=10,
                     max_delay_s=30, flush_s=0.05)
     lg.wants_rows = lambda: True
     lg.open()

@@ -442,6 +442,10 @@ def test_quick_requests_reach_the_live_stream_only_as_rows(upstream, start_recha
         replays = lambda: [x for x in reader.of("exchange") if x["kind"] == "replay"]  # noqa: E731
         rows = until(lambda: len(replays()) >= 10 and replays())
         assert len({x["req"] for x in rows}) == 10
+        # each row as the API gives it, key for key (the shape's part is encoded once)
+        listed = {x["id"]: x for x in api(r, "logs")["items"]}
+        assert rows == [listed[x["id"]] for x in rows]
+        assert rows[0]["session_name"] and rows[0]["prompt"] == "quick" and rows[0]["model"] == "m"
         time.sleep(0.2)  # a tick would have announced a request still thought to be running
         assert reader.of("start") == [] and reader.of("end") == []
     finally:
