@@ -123,6 +123,16 @@ class SSEParser:
             return []
         if type(data) is not bytes:
             data = bytes(data)
+        if (data[-2:] == b"\n\n" and data.startswith(b"data: ") and b"\r" not in data
+                and not (self._carry or self._partial or self._data or self._event)):
+            # The fast path (`_whole_data_events`); inline for a piece that is one event.
+            if data.find(b"\n") == len(data) - 2:
+                self._first_line = False
+                return [SSEEvent(data[6:-2].decode("utf-8", "replace"), None,
+                                 self.last_event_id, None, data)]
+            events = self._whole_data_events(data)
+            if events is not None:
+                return events
         partial = self._partial
         held_cr = partial and partial[-1].endswith(b"\r")
         if b"\n" not in data and b"\r" not in data and not held_cr:
@@ -135,6 +145,25 @@ class SSEParser:
             data = b"".join(partial)
             partial.clear()
         return self._parse(data, False)
+
+    def _whole_data_events(self, data: bytes) -> list[SSEEvent] | None:
+        """The fast path of `feed` for a piece arriving with nothing pending that is made of
+        whole one-line events ``data: X\n\n`` (LF only, no CR: the caller checked that it
+        starts with ``data: `` and ends with a blank line), as OpenAI streams arrive: their
+        events, as `_parse` would give them; None when `data` is anything else.
+
+        Every LF of such a piece belongs to an event's closing pair exactly when there are two
+        per event: the events are ``data: `` at the start plus one per ``\n\ndata: ``, whose
+        occurrences cannot overlap each other or the final ``\n\n``. No BOM can be first
+        (the piece starts with ``data: ``).
+        """
+        count = data.count(b"\n\ndata: ") + 1
+        if data.count(b"\n") != 2 * count:
+            return None
+        self._first_line = False
+        last_id = self.last_event_id
+        return [SSEEvent(raw[6:-2].decode("utf-8", "replace"), None, last_id, None, raw)
+                for raw in [x + b"\n\n" for x in data[:-2].split(b"\n\n")]]
 
     def close(self) -> list[SSEEvent]:
         """End the stream; return the events that only end of file completes.

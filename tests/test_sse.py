@@ -336,3 +336,43 @@ def test_performance_1mb_in_small_pieces() -> None:
     assert events[-1].is_done
     assert b"".join(e.raw for e in events) + tail == stream
     assert best < 0.05, f"parsing 1 MB took {best * 1000:.1f} ms"
+
+
+# Pieces made of whole one-line `data: X` events (LF only) take a fast path in `feed`. It must
+# give what the general path gives (fed a byte at a time, which never takes it) for every
+# stream and every way of cutting it, with the constructs around it that rule it out: a BOM,
+# CR, comments, id/event/retry fields (a retry-only block carries over to the next event),
+# several data lines, `data:` without a space, blocks without data, "data: " inside a value.
+FAST_BLOCKS = [
+    b'data: {"a": 1}\n\n', b"data: [DONE]\n\n", b"data: \n\n", b"data:  two spaces\n\n",
+    b"data:x\n\n", b"data: a\ndata: b\n\n", b"id: 7\ndata: with id\n\n", b"retry: 9\n\n",
+    b"event: ping\n\n", b": comment\n\n", b"event: e\ndata: typed\n\n", b"data: \xc3\xa9\xff\n\n",
+    b"data: x\n\ndata: y\n\n", b"data: has data: inside\n\n", b"data: cr\r\n\r\n", b"\n",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.booleans(), st.lists(st.sampled_from(FAST_BLOCKS), min_size=1, max_size=10),
+       st.lists(st.integers(min_value=0, max_value=40), max_size=8), st.booleans())
+def test_the_whole_events_fast_path_gives_what_the_general_path_gives(bom: bool, blocks: list[bytes],
+                                                                     cuts: list[int], at_blocks: bool) -> None:
+    stream = (b"\xef\xbb\xbf" if bom else b"") + b"".join(blocks)
+    if at_blocks:  # cut where blocks end (pieces of whole events), some merged
+        ends = [sum(len(b) for b in blocks[:i + 1]) + (3 if bom else 0) for i in range(len(blocks))]
+        points = sorted({ends[c % len(ends)] for c in cuts} | {ends[-1]})
+    else:
+        points = sorted({min(c * 3, len(stream)) for c in cuts})
+    pieces = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)])]
+    assert parse_all(pieces) == parse_all([stream[i:i + 1] for i in range(len(stream))])
+
+
+def test_pieces_of_whole_events_parse_as_their_events() -> None:
+    p = SSEParser()
+    one = p.feed(b'data: {"a": 1}\n\n')
+    many = p.feed(b"data: x\n\ndata: [DONE]\n\n")
+    assert [(e.data, e.raw) for e in one + many] == [
+        ('{"a": 1}', b'data: {"a": 1}\n\n'), ("x", b"data: x\n\n"), ("[DONE]", b"data: [DONE]\n\n")]
+    p.feed(b"id: 3\n\n")  # sets the last event id, dispatches nothing
+    assert [(e.data, e.id) for e in p.feed(b"data: y\n\n")] == [("y", "3")]
+    p.feed(b"retry: 5\n\n")  # carried to the next event
+    assert [(e.data, e.retry) for e in p.feed(b"data: z\n\n")] == [("z", 5)]
