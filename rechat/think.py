@@ -73,6 +73,8 @@ class ThinkMode(str, Enum):
     @classmethod
     def parse(cls, name: "str | ThinkMode") -> "ThinkMode":
         """Return the mode called `name`; raise ConfigError listing the valid names otherwise."""
+        if name.__class__ is cls:
+            return name
         if isinstance(name, ThinkMode):
             return name
         try:
@@ -147,6 +149,27 @@ def _machine(mode: ThinkMode, p: ThinkPatterns) -> tuple[_State, ...]:
     return ()
 
 
+_SETUPS: dict[int, tuple[ThinkPatterns, dict]] = {}
+
+
+def _setup(mode: ThinkMode, p: ThinkPatterns) -> tuple[tuple[_State, ...], int, tuple[bytes, ...]]:
+    """``(states, max_hold, first bytes)`` for `mode` and `p`: `_machine`, the longest hold
+    and `_first_bytes`, worked out once per pattern object (rewriters are made per answer, and
+    a frozen dataclass hashes all its fields each time it is a key)."""
+    got = _SETUPS.get(id(p))
+    if got is None or got[0] is not p:
+        if len(_SETUPS) >= 64:
+            _SETUPS.clear()
+        got = _SETUPS[id(p)] = (p, {})
+    by_mode = got[1]
+    setup = by_mode.get(mode)
+    if setup is None:
+        states = _machine(mode, p)
+        setup = by_mode[mode] = (states, max((s.maxlen for s in states), default=1) - 1,
+                                 _first_bytes(mode, p))
+    return setup
+
+
 class ThinkRewriter:
     """Rewrite one text that arrives in pieces: ``feed(piece) -> str``, then ``flush() -> str``.
 
@@ -168,8 +191,7 @@ class ThinkRewriter:
                  patterns: ThinkPatterns = ThinkPatterns()) -> None:
         self.mode = ThinkMode.parse(mode)
         self.patterns = patterns
-        self._states = _machine(self.mode, patterns)
-        self.max_hold = max((s.maxlen for s in self._states), default=1) - 1
+        self._states, self.max_hold, _ = _setup(self.mode, patterns)
         self._reset()
 
     def _reset(self) -> None:
@@ -299,7 +321,7 @@ class ThinkTransform:
         self._kind: dict[int, str] = {}  # choice index -> "delta" | "text" | "ollama-chat" | ...
         self._template: dict | None = None  # the last object seen, for `end()`
         self._template_raw: bytes | None = None  # or its bytes, when it was not decoded
-        self._firsts = _first_bytes(self.mode, self.patterns)  # what `passes` looks for
+        self._firsts = _setup(self.mode, patterns)[2]  # what `passes` looks for
 
     @property
     def active(self) -> bool:
@@ -380,6 +402,23 @@ class ThinkTransform:
         for c in self._firsts:
             if c in raw:
                 return False
+        m = _CHUNK0.search(raw)
+        if m is not None and raw.count(b'"choices"') == 1:
+            # The usual spelling, in one C call: one choice, index 0, a flat delta, unfinished.
+            members = m.group(1)
+            n = members.count(b'"content"')
+            if n == 0:
+                return self._started(raw, "")
+            if n == 1:
+                v = _CONTENT.search(members)
+                if v is not None:
+                    value = v.group(1)
+                    if value == b"null":
+                        return self._started(raw, "")
+                    try:
+                        return self._started(raw, value[1:-1].decode("utf-8"))
+                    except UnicodeDecodeError:
+                        return False
         # Each key once (a repeated key: the decoder keeps the last), and "content" a direct
         # member of "delta" (no brace between them: without escapes, none is inside a string).
         for key in (b'"choices"', b'"index"', b'"delta"', b'"content"', b'"finish_reason"'):
@@ -405,6 +444,10 @@ class ThinkTransform:
             text = ""
         else:
             return False
+        return self._started(raw, text)
+
+    def _started(self, raw: bytes, text: str) -> bool:
+        # `_starts_text` took the chunk `raw`, whose choice 0 says `text`: what feeding it does.
         rw = self._rewriter(0)
         self._kind[0] = "delta"
         if text.strip():
@@ -518,6 +561,17 @@ class ThinkTransform:
             if rest:
                 out.append(self._synthetic(index, rest))
         return out
+
+
+# The first chunks of a stream as OpenAI (and vLLM, SGLang) spell them, whatever the spacing:
+# "choices" holding one object of exactly index 0, a delta without nested values, maybe
+# logprobs null, and finish_reason null; group 1: the delta's members. Used only on bytes
+# without a backslash: every quote then delimits a string, so text cannot pass for structure.
+_CHUNK0 = re.compile(rb'"choices"\s*:\s*\[\s*\{\s*"index"\s*:\s*0\s*,\s*"delta"\s*:\s*'
+                     rb'\{([^{}\[\]]*)\}\s*,(?:\s*"logprobs"\s*:\s*null\s*,)?\s*'
+                     rb'"finish_reason"\s*:\s*null\s*\}\s*\]')
+# The value of the "content" member among a delta's members (a string or null).
+_CONTENT = re.compile(rb'"content"\s*:\s*("[^"]*"|null)')
 
 
 def _raw_value(raw: bytes, j: int) -> bytes | None:

@@ -876,7 +876,29 @@ FIRST_CHUNKS = [
     b'{"choices":[{"index":0,"delta":{"content":"x"}}],"choices":[]}',
     b' {"choices" : [ {"index" : 0 , "delta" : {"content" : "Hi"} } ] } ',
     b'{"a":-1.5e3,"b":true,"c":null,"choices":[{"index":0,"delta":{"content":"x\\"y"}}]}',
+    # the usual spelling, matched in one go (ThinkTransform's _CHUNK0), and what it must refuse
+    _first({"role": "assistant"}),                    # no content: nothing said yet
+    _first({"role": "content", "content": "x"}),      # "content" also a value: counted twice
+    _first({"content": 5}),                           # not a string
+    _first({"content": "a}b"}),                       # a brace in the text: not flat
+    _first({"content": "x"}, logprobs={"content": []}),  # logprobs not null
+    b'{"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": null}], "choices": []}',
+    b'{"choices":[{"index":0.0,"delta":{"content":"x"},"finish_reason":null}]}',
+    b'{"choices":[{"index":0,"delta":{"content":"x"},"logprobs":null,"finish_reason":null,"x":1}]}',
+    b'{"choices":[{"index":0,"delta":{"content":"Hi"},"logprobs":null,"finish_reason":null},'
+    b'{"index":1,"delta":{"content":"y"},"finish_reason":null}]}',
+    b'{ "choices" :\t[ { "index" : 0 ,\t "delta" : { "content" : " Hi" } , "finish_reason" : null } ] }',
+    b'{"choices":[{"index":0,"delta":{"content":"caf\xc3\xa9"},"finish_reason":null}]}',
+    b'{"choices":[{"index":0,"delta":{"content":"Hi","content":""},"finish_reason":null}]}',
 ]
+
+
+def test_a_first_chunk_that_is_not_utf8_is_left_to_the_decoder():
+    t = ThinkTransform("strip")
+    assert not t._starts_text(b'{"choices":[{"index":0,"delta":{"content":"bad \xff"},"finish_reason":null}]}')
+    assert t._rw == {}
+    assert t._starts_text(b'{"choices":[{"index":0,"delta":{"content":"caf\xc3\xa9"},"finish_reason":null}]}')
+    assert t._rw[0]._at_start is False
 
 
 @pytest.mark.parametrize("first", FIRST_CHUNKS)
