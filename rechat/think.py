@@ -758,31 +758,42 @@ class SSEStreamRewriter:
         # (stops, head, new head, tail stops) while nothing is held and the transforms' rules
         # hold (see _make_plan); None: no fused fast path for the next piece.
         self._plan: tuple[tuple[bytes, ...], bytes, bytes | None, tuple[bytes, ...]] | None = None
+        self._plain_plan = self._plan  # the same without the stops that start with a backslash
 
     def feed(self, data: bytes) -> bytes:
         """Take the next piece of the upstream's body; return the bytes for the client."""
         plan = self._plan
-        if plan is not None and data[-3:] == b"}\n\n" and data.find(b"\n") == len(data) - 2:
+        if (plan is not None and data.endswith(b"}\n\n") and data.find(b"\n") == len(data) - 2
+                and data.startswith(plan[1])):
             # The fused fast path (class docstring): one ``data: {...}\n\n`` event, nothing held.
-            stops, head, new, tail = plan
-            if data.startswith(head):
-                slash = b"\\" in data  # stops like \\u cannot occur without one (memchr first)
-                for stop in stops:
-                    if (slash or stop[:1] != b"\\") and stop in data:
+            # Stops like \\u cannot occur without a backslash: without one (memchr), only the
+            # others are looked for.
+            stops, head, new, tail = plan if b"\\" in data else self._plain_plan
+            for stop in stops:
+                if stop in data:
+                    break
+            else:
+                n = len(head)
+                for stop in tail:
+                    if data.find(stop, n) >= 0:
                         break
                 else:
-                    n = len(head)
-                    for stop in tail:
-                        if (slash or stop[:1] != b"\\") and data.find(stop, n) >= 0:
-                            break
-                    else:
-                        return data if new is None else new + data[n:]
+                    return data if new is None else new + data[n:]
         if self._closed:
             raise ValueError("SSEStreamRewriter.feed() called after close()")
         if not data:
             return b""
+        if data == b"data: [DONE]\n\n" and not self._partial and not self._block:
+            # The usual last piece: end the transforms before it (as _feed_events would).
+            self._first_line, self._plan = False, None
+            return (b"" if self._ended else self._end()) + data
         out = self._feed(bytes(data))
-        self._plan = None if self._partial or self._block or self._closed else self._make_plan()
+        plan = self._plan = (None if self._partial or self._block or self._closed
+                             else self._make_plan())
+        if plan is not None:
+            stops, head, new, tail = plan
+            self._plain_plan = (tuple(x for x in stops if not x.startswith(b"\\")), head, new,
+                                tuple(x for x in tail if not x.startswith(b"\\")))
         return out
 
     def _make_plan(self) -> tuple[tuple[bytes, ...], bytes, bytes | None, tuple[bytes, ...]] | None:
