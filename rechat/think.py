@@ -783,18 +783,32 @@ class SSEStreamRewriter:
             raise ValueError("SSEStreamRewriter.feed() called after close()")
         if not data:
             return b""
-        if data == b"data: [DONE]\n\n" and not self._partial and not self._block:
-            # The usual last piece: end the transforms before it (as _feed_events would).
-            self._first_line, self._plan = False, None
-            return (b"" if self._ended else self._end()) + data
+        if not self._partial and not self._block:
+            if data == b"data: [DONE]\n\n":
+                # The usual last piece: end the transforms before it (as _feed_events would).
+                self._first_line, self._plan = False, None
+                return (b"" if self._ended else self._end()) + data
+            if (data.endswith(b"}\n\n") and data.startswith(b"data: {")
+                    and data.find(b"\n") == len(data) - 2 and b"\r" not in data):
+                # One event (as _feed_events takes it, without its framing of several).
+                self._first_line = False
+                value = data[6:-2]
+                new = _chain_raw(self.transforms, value)
+                out = (self._rewrite_block([data[:-1], b"\n"]) if new is None
+                       else data if new is value else b"data: " + new + b"\n\n")
+                self._update_plan()
+                return out
         out = self._feed(bytes(data))
+        self._update_plan()
+        return out
+
+    def _update_plan(self) -> None:
         plan = self._plan = (None if self._partial or self._block or self._closed
                              else self._make_plan())
         if plan is not None:
             stops, head, new, tail = plan
             self._plain_plan = (tuple(x for x in stops if not x.startswith(b"\\")), head, new,
                                 tuple(x for x in tail if not x.startswith(b"\\")))
-        return out
 
     def _make_plan(self) -> tuple[tuple[bytes, ...], bytes, bytes | None, tuple[bytes, ...]] | None:
         """Fuse the transforms' `raw_rule`s into one test on an event's bytes, or None.
