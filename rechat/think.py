@@ -934,8 +934,14 @@ class SSEStreamRewriter:
         if done:
             events, count = events[:-14], count - 1
         if count:
-            if events.count(b"}\n\n") != count or events.count(head) != count:
+            # What follows each head is the rest of one event: `head` starts every event and
+            # occurs nowhere else, and each event's object closes before its blank line.
+            rests = events.split(head)
+            if len(rests) != count + 1 or rests[0]:
                 return None
+            for rest in rests[1:]:
+                if not rest.endswith(b"}\n\n"):
+                    return None
             slash = b"\\" in events  # stops like \\u cannot occur without one (memchr first)
             for stop in stops:
                 if (slash or stop[:1] != b"\\") and stop in events:
@@ -945,7 +951,7 @@ class SSEStreamRewriter:
                         and events.count(stop) != count * head.count(stop)):
                     return None
             if new is not None:
-                events = events.replace(head, new)
+                events = new.join(rests)
         if done:
             events += (b"" if self._ended else self._end()) + b"data: [DONE]\n\n"
         return events
