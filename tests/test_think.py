@@ -683,6 +683,21 @@ def test_sse_fast_path_declines_other_framings(piece):
     assert by_events(piece, t) == byte_by_byte(piece, t) == run_sse(piece, [], transforms=t)
 
 
+def test_sse_events_side_by_side_that_are_not_whole_objects_are_not_renamed():
+    # Once the rule is known (after the first events), several events in one piece go in one
+    # go only when each is an object that closes; one cut short (invalid JSON) passes as the
+    # decoder leaves it: unrenamed.
+    good = [{**chunk({"content": c}), "model": "llama3"} for c in ["Hi", " there", "!"]]
+    cut = b"data: " + json.dumps({**chunk({"content": "x"}), "model": "llama3"},
+                                   separators=(",", ":")).encode()[:-1] + b"\n\n"
+    head, rest = sse(good[:2], done=False), sse(good[2:], done=False) + cut + sse([], done=True)
+    t = lambda: [ThinkTransform("strip"), ModelRestore("gpt-4")]  # noqa: E731
+    in_two = SSEStreamRewriter(t())
+    out = in_two.feed(head) + in_two.feed(rest) + in_two.close()
+    assert out == by_events(head + rest, t()) == byte_by_byte(head + rest, t())
+    assert cut in out and out.count(b'"model":"gpt-4"') == 3
+
+
 def test_sse_model_rename_at_every_byte_boundary():
     # The model name split across network pieces, with the think rewrite in the same chain.
     objs = [{**chunk({"content": c}), "model": "llama3-70b-2024"} for c in ["Hi <th", "ink>x</think>", "!"]]
