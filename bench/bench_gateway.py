@@ -90,8 +90,8 @@ def main() -> int:
                               f"c={conc:<3} {ph.rps:7.0f} req/s  p50 {ph.pct(0.5):.3f} ms  "
                               f"{ph.cpu_us_per_req:5.0f} us CPU/req  other processes "
                               f"{ph.other_busy:.2f} cores", flush=True)
-        print(f"\n| shape | plain req/s | gateway req/s | plain p50 ms | gateway p50 ms | "
-              f"gateway/plain CPU per request |")
+        print("\n| shape | plain req/s | gateway req/s | plain p50 ms | gateway p50 ms | "
+              "gateway/plain CPU per request |")
         print("|---|---|---|---|---|---|")
         verdicts = []
         for stream in (False, True):

@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import frontmatter
-import mistune
 import yaml
 from mistune.block_parser import BlockParser
 from mistune.core import BlockState

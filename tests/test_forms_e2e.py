@@ -12,7 +12,6 @@ import hashlib
 import inspect
 import json
 import os
-from pathlib import Path
 
 import pytest
 

@@ -11,7 +11,6 @@ and only read. docs/format.md embeds golden files between
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import re
