@@ -30,7 +30,8 @@ from rechat.exchange import Request  # noqa: E402
 from rechat.gateway import Gateway, GatewaySettings  # noqa: E402
 from rechat.modelmap import ModelMap  # noqa: E402
 from rechat.routes import parse_routes  # noqa: E402
-from rechat.think import ThinkMode, rewrite_json, stream_rewriter  # noqa: E402
+from rechat.rewrite import rewrite_json, stream_rewriter  # noqa: E402
+from rechat.think import ThinkMode  # noqa: E402
 
 
 def gateway(restore: bool) -> Gateway:

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import aiohttp
@@ -35,7 +35,7 @@ from rechat.policy import Action, Mode, decide, looks_up, records
 from rechat.sse import SSEParser
 from rechat.store import Store
 from rechat.gateway import Gateway, Outbound
-from rechat.think import SSEStreamRewriter, rewrite_json, stream_rewriter
+from rechat.rewrite import SSEStreamRewriter, rewrite_json, stream_rewriter
 from rechat.upstream import HOP_BY_HOP
 
 log = logging.getLogger("rechat")

@@ -1,9 +1,8 @@
 """Reasoning rewrite: strip `<think>` blocks, or turn harmony channel markers into `<think>` tags.
 
-Owns the `--think keep|strip|tags` rule, `--no-think`, and their application to the three
-answer formats rechat forwards: whole JSON bodies, SSE chunk streams and NDJSON streams
-(Ollama). The rewrite happens on the way to the client; sessions keep the upstream's raw answer.
-Pure and stdlib only: must not import aiohttp, nor any rechat module but `errors`.
+Owns the `--think keep|strip|tags` rule and `--no-think`. The rewrite happens on the way to
+the client; sessions keep the upstream's raw answer. Pure and stdlib only: must not import
+aiohttp, nor any rechat module but `errors`.
 
 Layers, each usable alone:
 
@@ -11,28 +10,10 @@ Layers, each usable alone:
   could still become a marker, so no text is delayed by more than (longest marker - 1)
   characters, and a marker split across pieces at any point is found.
 - `ThinkTransform`: decoded answer objects -> answer objects, one `ThinkRewriter` per choice
-  index. Touches only `content` / `text` / `response`; `reasoning_content`, `reasoning` and
-  Ollama's `thinking` are never touched.
-- `SSEStreamRewriter`, `NDJSONStreamRewriter`, `rewrite_json`: bytes -> bytes, applying a chain
-  of object transforms (this module's `ThinkTransform`, `modelmap.ModelRestore`, ...). What
-  is not an answer object passes through byte for byte, and so does every object a transform
-  leaves unchanged.
-
-The object-transform protocol (duck-typed, so that modules need not import each other):
-``feed(obj) -> list[dict]`` returns the objects to emit for `obj`: the last one stands for
-`obj` itself (the same object when unchanged), any before it are new objects to emit first.
-``end() -> list[dict]`` returns new objects to emit when the stream ends. Transforms never
-mutate their input. Optional byte-level shortcuts, which spare decoding and re-encoding:
-``passes(raw, whole) -> bool`` (True: every object in the JSON bytes `raw` passes unchanged)
-and ``feed_raw(raw, whole) -> bytes | None`` (the JSON bytes `feed` would turn the one object
-`raw` into, as a single object and without any change of state; None: decode and `feed`),
-``feed_raw_events(events, count) -> bytes | None``, the same over several whole SSE events, and
-``raw_rule() -> (stops, head, new_head, tail_stops) | None``: while the state stays as it is,
-the JSON bytes of an object that start with `head`, hold none of `stops`, none of
-`tail_stops` after `head` and end with ``}`` turn into `new_head` + the rest (None: no rule
-now). A transform without `feed_raw` is fed decoded objects; one whose `feed_raw` declines is
-fed the decoded object, and the transforms after it go on with the bytes while it returns
-the object unchanged.
+  index, with the byte-level shortcuts of the object-transform protocol (`rechat.rewrite`,
+  which applies it to JSON bodies, SSE streams and NDJSON streams). Touches only `content` /
+  `text` / `response`; `reasoning_content`, `reasoning` and Ollama's `thinking` are never
+  touched.
 
 Default patterns are the OSS relay's (seed: openai-oss-relay-README.md, `ReplacementConfig`).
 """
@@ -44,14 +25,13 @@ import json
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol, Sequence
+from typing import Any
 
 from rechat.errors import ConfigError
 
 __all__ = [
-    "ThinkMode", "ThinkPatterns", "ThinkRewriter", "rewrite_text", "ThinkTransform",
-    "ObjectTransform", "SSEStreamRewriter", "NDJSONStreamRewriter", "rewrite_json",
-    "stream_rewriter", "no_think", "NO_THINK",
+    "ThinkMode", "ThinkPatterns", "ThinkRewriter", "rewrite_text", "ThinkTransform", "no_think",
+    "NO_THINK",
 ]
 
 NO_THINK = "/no_think"
@@ -280,14 +260,6 @@ def rewrite_text(text: str, mode: "ThinkMode | str" = ThinkMode.STRIP,
 # -- answer objects --------------------------------------------------------------------------
 
 
-class ObjectTransform(Protocol):
-    """A stateful rewrite of the objects of one answer (see the module docstring)."""
-
-    def feed(self, obj: dict) -> list[dict]: ...
-
-    def end(self) -> list[dict]: ...
-
-
 class ThinkTransform:
     """Apply the think rewrite to the objects of one answer, whole or streamed.
 
@@ -389,7 +361,7 @@ class ThinkTransform:
         string is its bytes) and no marker's first character, feeding that text changes
         nothing but the start-of-text flag, which its bytes tell. So the chunk passes as it
         is, the rewriter is made (or marked started), and no JSON is decoded. Feeding the
-        same chunk again afterwards (`_chain` decodes when a later transform cannot decide)
+        same chunk again afterwards (`rechat.rewrite` decodes when a later transform cannot decide)
         changes nothing more. Only with `choices` 1: with several, which choice a chunk
         belongs to needs its ``index`` read, and the decoder does that.
         """
@@ -462,7 +434,7 @@ class ThinkTransform:
         return rw
 
     def feed(self, obj: dict) -> list[dict]:
-        """Return the objects to emit for `obj` (protocol in the module docstring)."""
+        """Return the objects to emit for `obj` (the object-transform protocol: rechat.rewrite)."""
         if not self.active or not isinstance(obj, dict):
             return [obj]
         self._template, self._template_raw = obj, None
@@ -599,528 +571,6 @@ def _raw_value(raw: bytes, j: int) -> bytes | None:
 def _first_bytes(mode: ThinkMode, p: ThinkPatterns) -> tuple[bytes, ...]:
     """The UTF-8 encodings of the characters any marker of `mode` can start with."""
     return tuple(c.encode() for c in {c for st in _machine(mode, p) for c in st.firsts})
-
-
-def _chain_feed(transforms: Sequence[ObjectTransform], obj: dict) -> list[dict]:
-    items = [obj]
-    for t in transforms:
-        items = [x for it in items for x in t.feed(it)]
-    return items
-
-
-def _chain_end(transforms: Sequence[ObjectTransform]) -> list[dict]:
-    items: list[dict] = []
-    for t in transforms:
-        items = [x for it in items for x in t.feed(it)] + t.end()
-    return items
-
-
-def _all_pass(transforms: Sequence[ObjectTransform], raw: bytes, whole: bool = False) -> bool:
-    # True when every transform can tell from the bytes alone that the object passes unchanged.
-    for t in transforms:
-        passes = getattr(t, "passes", None)
-        if passes is None or not passes(raw, whole):
-            return False
-    return True
-
-
-def _chain_raw(transforms: Sequence[ObjectTransform], raw: bytes,
-               whole: bool = False) -> bytes | None:
-    """Return the JSON bytes the transforms turn the one object encoded as `raw` into, when
-    each of them can tell from the bytes alone (`feed_raw`); None: decode and `_chain_feed`.
-    `feed_raw` changes no state, so a None part-way leaves the transforms as they were."""
-    for t in transforms:
-        feed_raw = getattr(t, "feed_raw", None)
-        if feed_raw is None:
-            return None
-        raw = feed_raw(raw, whole)
-        if raw is None:
-            return None
-    return raw
-
-
-def _chain(transforms: Sequence[ObjectTransform], raw: bytes, whole: bool = False,
-           one_line: bool = False) -> tuple[list[dict], bytes] | None:
-    """Run the one object encoded as `raw` through the transforms, as bytes where they can.
-
-    Each transform gets the bytes through its `feed_raw` when it has one and that decides;
-    otherwise the bytes are decoded (once, while they stay the same) and it gets the object
-    through `feed`. While `feed` returns the object itself, the next transforms go on with the
-    bytes, so e.g. a model renamed in the bytes keeps the upstream's spelling even when the
-    think rewrite had to decode. Returns ``(new objects to emit first, the bytes standing for
-    `raw`)``, those bytes `raw` itself when nothing changed (and, with `one_line`, free of CR
-    and LF, re-encoded otherwise); None when `raw` is not a JSON object (it then passes as is).
-    """
-    cur: bytes = raw
-    obj: Any = None  # cur decoded, when it has been
-    for i, t in enumerate(transforms):
-        feed_raw = getattr(t, "feed_raw", None)
-        if feed_raw is not None:
-            new = feed_raw(cur, whole)
-            if new is not None:
-                if new is not cur:
-                    cur, obj = new, None
-                continue
-        if obj is None:
-            try:
-                obj = json.loads(cur)
-            except (ValueError, UnicodeDecodeError):
-                return None
-            if not isinstance(obj, dict):
-                return None
-        items = t.feed(obj)
-        if len(items) == 1 and items[0] is obj:
-            continue
-        for u in transforms[i + 1:]:
-            items = [x for it in items for x in u.feed(it)]
-        last = cur if items[-1] is obj else _dumps(items[-1])
-        return items[:-1], last
-    if one_line and cur is not raw and (b"\n" in cur or b"\r" in cur):
-        return [], _dumps(json.loads(cur) if obj is None else obj)
-    return [], cur
-
-
-def _raw_events_of(t: ObjectTransform):
-    """Return ``f(events, count) -> bytes | None``: `t`'s `feed_raw_events`, else its `passes`
-    over the whole events (None: take them one by one), else a function that always declines."""
-    many = getattr(t, "feed_raw_events", None)
-    if many is not None:
-        return many
-    passes = getattr(t, "passes", None)
-    if passes is None:
-        return lambda events, count: None
-    return lambda events, count: events if passes(events) else None
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def rewrite_json(body: bytes, transforms: Sequence[ObjectTransform]) -> bytes:
-    """Rewrite a whole JSON answer body; return `body` itself when nothing changes.
-
-    A body that is not a JSON object passes unchanged. A body whose only change is made in the
-    bytes (the model renamed) keeps its spelling; any other changed body is re-encoded as
-    compact UTF-8 JSON. Either way its length may change: set Content-Length from the result.
-    """
-    fast = _chain_raw(transforms, body, whole=True)
-    if fast is not None:
-        return fast
-    got = _chain(transforms, body, whole=True)
-    _chain_end(transforms)  # a whole answer leaves nothing held; this resets the transforms
-    return body if got is None else got[1]
-
-
-# -- byte streams ----------------------------------------------------------------------------
-
-_BOM = b"\xef\xbb\xbf"
-
-
-class SSEStreamRewriter:
-    """Rewrite a ``text/event-stream`` body incrementally: ``feed(bytes) -> bytes``, ``close()``.
-
-    Framing follows WHATWG HTML 9.2.6 (lines end in LF, CRLF or CR; a blank line ends a block;
-    one leading BOM). Each complete block with data is decoded; if its data is a JSON object
-    and the block has no event type other than "message", it goes through the transforms.
-    Every other block, and every block the transforms leave unchanged, is passed on byte for
-    byte as soon as its blank line arrives (comments and keep-alives included). A changed block
-    keeps its other lines (comments, id, event, retry) and gets one ``data:`` line in place of
-    its data lines. Objects a transform adds go out as ``data: {json}\\n\\n`` events.
-
-    Before ``data: [DONE]``, and at `close()` when the stream ends without it, the transforms'
-    `end()` objects are emitted. `close()` then returns any unterminated final block as is.
-
-    Fused fast path: once every transform gives a `raw_rule` (the think rewriters idle, the
-    model's place known from an earlier chunk) and nothing is held, a piece that is exactly
-    one ``data: {...}\n\n`` event without CR, starting with the rule's head and holding none
-    of its stop bytes (for the think rewrite, ``<`` or the first byte of another marker, and
-    ``\\u``) goes out as is or with its head swapped, in a few C calls and no state change.
-
-    Fast path: a piece that arrives with nothing held and is made of whole ``data: X\n\n``
-    events (LF only; maybe followed by the start of the next, which is held as usual) skips
-    the line-by-line framing. If no transform can change anything in it (`passes` on its
-    bytes), it goes out as is; otherwise each event goes through the transforms' byte-level
-    `feed_raw` (a renamed model is swapped in the bytes), and only the events those cannot
-    decide are decoded. All paths give the same bytes: an event changed only at byte level
-    (a transform that decoded it left it unchanged) keeps the upstream's own JSON spelling;
-    one whose object changed is re-encoded as compact JSON.
-    """
-
-    def __init__(self, transforms: Sequence[ObjectTransform]) -> None:
-        self.transforms = list(transforms)
-        self._many = [_raw_events_of(t) for t in self.transforms]  # see _feed_events
-        self._block: list[bytes] = []  # complete lines of the current block
-        self._partial: list[bytes] = []  # an unterminated line, or one ending in CR
-        self._first_line = True
-        self._bom = False  # the current block is the first and starts with a BOM
-        self._ended = False  # end() objects already emitted
-        self._closed = False
-        # (stops, head, new head, tail stops) while nothing is held and the transforms' rules
-        # hold (see _make_plan); None: no fused fast path for the next piece.
-        self._plan: tuple[tuple[bytes, ...], bytes, bytes | None, tuple[bytes, ...]] | None = None
-        self._plain_plan = self._plan  # the same without the stops that start with a backslash
-
-    def feed(self, data: bytes) -> bytes:
-        """Take the next piece of the upstream's body; return the bytes for the client."""
-        plan = self._plan
-        if (plan is not None and data.endswith(b"}\n\n") and data.find(b"\n") == len(data) - 2
-                and data.startswith(plan[1])):
-            # The fused fast path (class docstring): one ``data: {...}\n\n`` event, nothing held.
-            # Stops like \\u cannot occur without a backslash: without one (memchr), only the
-            # others are looked for.
-            stops, head, new, tail = plan if b"\\" in data else self._plain_plan
-            for stop in stops:
-                if stop in data:
-                    break
-            else:
-                n = len(head)
-                for stop in tail:
-                    if data.find(stop, n) >= 0:
-                        break
-                else:
-                    return data if new is None else new + data[n:]
-        if self._closed:
-            raise ValueError("SSEStreamRewriter.feed() called after close()")
-        if not data:
-            return b""
-        if not self._partial and not self._block:
-            if data == b"data: [DONE]\n\n":
-                # The usual last piece: end the transforms before it (as _feed_events would).
-                self._first_line, self._plan = False, None
-                return (b"" if self._ended else self._end()) + data
-            if (data.endswith(b"}\n\n") and data.startswith(b"data: {")
-                    and data.find(b"\n") == len(data) - 2 and b"\r" not in data):
-                # One event (as _feed_events takes it, without its framing of several).
-                self._first_line = False
-                value = data[6:-2]
-                new = _chain_raw(self.transforms, value)
-                out = (self._rewrite_block([data[:-1], b"\n"]) if new is None
-                       else data if new is value else b"data: " + new + b"\n\n")
-                self._update_plan()
-                return out
-        out = self._feed(bytes(data))
-        self._update_plan()
-        return out
-
-    def _update_plan(self) -> None:
-        plan = self._plan = (None if self._partial or self._block or self._closed
-                             else self._make_plan())
-        if plan is not None:
-            stops, head, new, tail = plan
-            self._plain_plan = (tuple(x for x in stops if not x.startswith(b"\\")), head, new,
-                                tuple(x for x in tail if not x.startswith(b"\\")))
-
-    def _make_plan(self) -> tuple[tuple[bytes, ...], bytes, bytes | None, tuple[bytes, ...]] | None:
-        """Fuse the transforms' `raw_rule`s into one test on an event's bytes, or None.
-
-        Only one transform (the last with a rule, so that no other rule reads renamed bytes)
-        may change bytes; the event must also hold no CR, so that its one line is its one
-        data line.
-        """
-        if self._first_line:
-            return None
-        stops: list[bytes] = [b"\r"]
-        head, new = b"", None
-        tail: tuple[bytes, ...] = ()
-        for t in self.transforms:
-            rule = getattr(t, "raw_rule", None)
-            got = rule() if rule is not None else None
-            if got is None or head:
-                return None  # no rule, or a rule after a renaming one
-            t_stops, t_head, t_new, t_tail = got
-            stops += t_stops
-            if t_head:
-                head, tail = t_head, t_tail
-                new = None if t_new is t_head or t_new == t_head else b"data: " + t_new
-            elif t_tail:
-                return None
-        return tuple(dict.fromkeys(stops)), b"data: " + head, new, tail
-
-    def _feed(self, data: bytes) -> bytes:
-        if not self._partial and not self._block:
-            fast = self._feed_events(data)
-            if fast is not None:
-                return fast
-        partial = self._partial
-        held_cr = bool(partial) and partial[-1].endswith(b"\r")
-        if b"\n" not in data and b"\r" not in data and not held_cr:
-            partial.append(data)  # no line can complete; join later (O(n) for long lines)
-            return b""
-        if partial and not self._block and not held_cr:
-            # The piece completes an event begun in an earlier one (pieces need not end where
-            # events do): that event takes the general path, the whole events after it the
-            # fast one. A blank line ends every line before it and the block: nothing is held.
-            end = data.find(b"\n\n")
-            if end >= 0 and b"\r" not in data[:end]:
-                partial.append(data[:end + 2])
-                first = b"".join(partial)
-                partial.clear()
-                out = self._lines(first, final=False)
-                rest = data[end + 2:]
-                if rest:
-                    fast = self._feed_events(rest)
-                    out += fast if fast is not None else self._feed(rest)
-                return out
-        if partial:
-            partial.append(data)
-            data = b"".join(partial)
-            partial.clear()
-        return self._lines(data, final=False)
-
-    def _feed_events(self, data: bytes) -> bytes | None:
-        """The fast path (class docstring) for `data` arriving with nothing held; None when
-        `data` is not whole ``data: X\n\n`` events (the general path then frames it)."""
-        cut = data.rfind(b"\n\n") + 2
-        if cut < 2 or not data.startswith(b"data: ") or b"\r" in data:
-            return None
-        head = data[:cut] if cut < len(data) else data
-        count = head.count(b"\n\ndata: ") + 1
-        # Every LF belongs to an event's closing "\n\n" exactly when there are two per event
-        # (those occurrences cannot overlap): no event spans several lines, no blank block.
-        if head.count(b"\n") != 2 * count:
-            return None
-        self._first_line = False  # data: starts the stream's first line, so no BOM
-        if cut < len(data):
-            self._partial.append(data[cut:])
-        if b"[DONE]" not in head:
-            new = head
-            for many in self._many:
-                new = many(new, count)
-                if new is None:
-                    break
-            else:
-                return new
-        out = []
-        values = head[6:-2].split(b"\n\ndata: ")
-        pos, tries = 0, 2  # pos: where the next event starts in head
-        plan = self._make_plan()
-        if plan is not None:
-            whole = self._bulk(plan, head, len(values))
-            if whole is not None:
-                return whole
-        for i, value in enumerate(values):
-            if value == b"[DONE]":
-                out.append((b"" if self._ended else self._end()) + b"data: [DONE]\n\n")
-            else:
-                new = _chain_raw(self.transforms, value)
-                if new is None:
-                    out.append(self._rewrite_block([b"data: " + value + b"\n", b"\n"]))
-                else:
-                    out.append(b"data: " + new + b"\n\n")
-            pos += len(value) + 8
-            if tries and i + 1 < len(values):
-                # Once the transforms are idle (after the first events of a stream, say),
-                # the rest may go in one go under their fused rule.
-                plan = self._make_plan()
-                if plan is not None:
-                    tries -= 1
-                    rest = self._bulk(plan, head[pos:], len(values) - i - 1)
-                    if rest is not None:
-                        out.append(rest)
-                        break
-        return b"".join(out)
-
-    def _bulk(self, plan: tuple[tuple[bytes, ...], bytes, bytes | None, tuple[bytes, ...]],
-              events: bytes, count: int) -> bytes | None:
-        """Apply the fused rule `plan` to `count` whole ``data: X\n\n`` events side by side
-        (LF only, one line each), maybe ending in ``data: [DONE]``; None: take them one by one.
-
-        Each X must be an object starting with the rule's head, so its head occurs once per
-        event (it holds quotes that are not escaped: never inside a JSON string), and each
-        tail stop only as often as the heads hold it.
-        """
-        stops, head, new, tail = plan
-        done = events.endswith(b"data: [DONE]\n\n")
-        if done:
-            events, count = events[:-14], count - 1
-        if count:
-            # What follows each head is the rest of one event: `head` starts every event and
-            # occurs nowhere else, and each event's object closes before its blank line.
-            rests = events.split(head)
-            if len(rests) != count + 1 or rests[0]:
-                return None
-            for rest in rests[1:]:
-                if not rest.endswith(b"}\n\n"):
-                    return None
-            slash = b"\\" in events  # stops like \\u cannot occur without one (memchr first)
-            for stop in stops:
-                if (slash or stop[:1] != b"\\") and stop in events:
-                    return None
-            for stop in tail:
-                if ((slash or stop[:1] != b"\\")  # else 0 here and in the head (inside events)
-                        and events.count(stop) != count * head.count(stop)):
-                    return None
-            if new is not None:
-                events = new.join(rests)
-        if done:
-            events += (b"" if self._ended else self._end()) + b"data: [DONE]\n\n"
-        return events
-
-    def close(self) -> bytes:
-        """End the stream; return the remaining bytes for the client."""
-        if self._closed:
-            return b""
-        self._closed = True
-        out = b""
-        if self._partial:
-            data = b"".join(self._partial)
-            self._partial.clear()
-            out = self._lines(data, final=True)
-        if not self._ended:
-            out += self._end()
-        return out + b"".join(self._block) + b"".join(self._partial)
-
-    def _lines(self, buf: bytes, final: bool) -> bytes:
-        lines = buf.splitlines(True)
-        last = lines[-1]
-        if last[-1:] != b"\n" and (not final or last[-1:] != b"\r"):
-            # Unterminated, or a CR whose LF may come next; at end of stream a CR ends a line.
-            # (An unterminated final line stays in _partial for close() to pass on.)
-            lines.pop()
-            self._partial.append(last)
-        out: list[bytes] = []
-        for line in lines:
-            self._block.append(line)
-            content = line.rstrip(b"\r\n")
-            if self._first_line:
-                self._first_line = False
-                if content.startswith(_BOM):
-                    content = content[3:]
-                    self._bom = True
-            if not content:
-                block, self._block = self._block, []
-                out.append(self._rewrite_block(block))
-        return b"".join(out)
-
-    def _rewrite_block(self, lines: list[bytes]) -> bytes:
-        raw = b"".join(lines)
-        bom, self._bom = self._bom, False
-        values: list[bytes] = []
-        first_data = -1
-        if len(lines) == 2 and not bom and lines[0].startswith(b"data: "):
-            # The usual ``data: {json}\n\n``: one data line, nothing else.
-            values.append(lines[0][6:].rstrip(b"\r\n"))
-            first_data = 0
-            lines_to_scan: list[bytes] = []
-        else:
-            lines_to_scan = lines
-        for j, line in enumerate(lines_to_scan):
-            content = line.rstrip(b"\r\n")
-            if bom and j == 0:
-                content = content[3:]
-            name, _, value = content.partition(b":")
-            value = value[1:] if value[:1] == b" " else value
-            if name == b"event" and value not in (b"", b"message"):
-                return raw  # a typed event is not a chat chunk
-            if name == b"data":
-                values.append(value)
-                if first_data < 0:
-                    first_data = j
-        if not values:
-            return raw
-        data = b"\n".join(values)
-        if data == b"[DONE]":
-            return (b"" if self._ended else self._end()) + raw
-        if _all_pass(self.transforms, data):
-            return raw  # the common chunk: nothing to rewrite, no need to decode it
-        got = _chain(self.transforms, data, one_line=True)
-        if got is None:
-            return raw
-        before, new = got
-        out = [b"data: " + _dumps(o) + b"\n\n" for o in before]
-        # A changed object has one line, as data: needs (_chain's one_line).
-        out.append(raw if new is data else self._replace_data(lines, first_data, new, bom))
-        return b"".join(out)
-
-    @staticmethod
-    def _replace_data(lines: list[bytes], first_data: int, payload: bytes, bom: bool) -> bytes:
-        out = []
-        for j, line in enumerate(lines):
-            content = line.rstrip(b"\r\n")
-            prefix = b""
-            if bom and j == 0:
-                prefix, content = _BOM, content[3:]
-            if content.partition(b":")[0] != b"data":
-                out.append(line)
-            elif j == first_data:
-                out.append(prefix + b"data: " + payload + line[len(line.rstrip(b"\r\n")):])
-        return b"".join(out)
-
-    def _end(self) -> bytes:
-        self._ended = True
-        return b"".join(b"data: " + _dumps(o) + b"\n\n" for o in _chain_end(self.transforms))
-
-
-class NDJSONStreamRewriter:
-    """Rewrite a newline-delimited JSON body incrementally (Ollama's /api/chat, /api/generate).
-
-    Lines end in LF (a CR before it is kept). Each complete line holding a JSON object goes
-    through the transforms (through their byte-level `feed_raw` first, decoded only when that
-    cannot decide); every other line, and every line they leave unchanged, passes byte
-    for byte. A changed line keeps its line ending; added objects go out as ``{json}\\n``.
-    `close()` treats an unterminated last line as a line, then emits the transforms' `end()`.
-    """
-
-    def __init__(self, transforms: Sequence[ObjectTransform]) -> None:
-        self.transforms = list(transforms)
-        self._partial: list[bytes] = []
-        self._closed = False
-
-    def feed(self, data: bytes) -> bytes:
-        """Take the next piece of the upstream's body; return the bytes for the client."""
-        if self._closed:
-            raise ValueError("NDJSONStreamRewriter.feed() called after close()")
-        if b"\n" not in data:
-            if data:
-                self._partial.append(bytes(data))
-            return b""
-        self._partial.append(bytes(data))
-        buf = b"".join(self._partial)
-        self._partial.clear()
-        cut = buf.rfind(b"\n") + 1
-        if cut < len(buf):
-            self._partial.append(buf[cut:])
-        return b"".join(self._line(line) for line in buf[:cut].splitlines(True))
-
-    def close(self) -> bytes:
-        """End the stream; return the remaining bytes for the client."""
-        if self._closed:
-            return b""
-        self._closed = True
-        out = self._line(b"".join(self._partial)) if self._partial else b""
-        self._partial.clear()
-        tail = b"".join(_dumps(o) + b"\n" for o in _chain_end(self.transforms))
-        if tail and out and not out.endswith(b"\n"):
-            out += b"\n"
-        return out + tail
-
-    def _line(self, line: bytes) -> bytes:
-        body = line.rstrip(b"\r\n")
-        if not body.strip():
-            return line
-        got = _chain(self.transforms, body)
-        if got is None:
-            return line
-        before, new = got
-        out = [_dumps(o) + b"\n" for o in before]
-        out.append(line if new is body else new + line[len(body):])
-        return b"".join(out)
-
-
-def stream_rewriter(content_type: str, transforms: Sequence[ObjectTransform]
-                    ) -> SSEStreamRewriter | NDJSONStreamRewriter | None:
-    """Return the stream rewriter for a response's Content-Type, or None if it is not a stream.
-
-    ``text/event-stream`` -> SSE; ``application/x-ndjson`` (Ollama), ``application/ndjson``,
-    ``application/jsonl`` -> NDJSON. For ``application/json`` use `rewrite_json` on the body.
-    """
-    ctype = content_type.split(";", 1)[0].strip().lower()
-    if ctype == "text/event-stream":
-        return SSEStreamRewriter(transforms)
-    if ctype in ("application/x-ndjson", "application/ndjson", "application/jsonl",
-                 "application/x-jsonlines"):
-        return NDJSONStreamRewriter(transforms)
-    return None
 
 
 # -- requests --------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import pytest
 
 from rechat.errors import ConfigError
 from rechat.modelmap import ModelMap, ModelRestore, restore_response_model, rewrite_request_bytes
-from rechat.think import SSEStreamRewriter, NDJSONStreamRewriter, ThinkTransform, rewrite_json
+from rechat.rewrite import NDJSONStreamRewriter, SSEStreamRewriter, rewrite_json
+from rechat.think import ThinkTransform
 
 # The rerouter's own examples (seed: openai-model-rerouter-README.md), as JSON text.
 SEED_EXACT = '{"gpt-3.5-turbo": "llama3-8b", "gpt-4": "llama3-70b", "text-davinci-003": "codellama-34b"}'
