@@ -185,6 +185,9 @@ _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 # A \u escape of one of the letters m, o, d, e, l: the key could be spelled with escapes.
 _ESCAPED_KEY_CHAR = re.compile(rb"\\u00(?:6[45cdfCDF])")
 _ABSENT = (-1, -1)
+# The key and a string value without escapes (group 1: the value between its quotes). Inside a
+# JSON string a quote is escaped, so the unescaped `"model"` followed by a colon is a key.
+_KEY_AND_VALUE = re.compile(rb'"model"[ \t\n\r]*:[ \t\n\r]*"([^"\\]*)"')
 
 
 def _model_span(raw: bytes) -> tuple[int, int] | None:
@@ -201,6 +204,13 @@ def _model_span(raw: bytes) -> tuple[int, int] | None:
     """
     if b"\\" in raw and b"\\u" in raw and _ESCAPED_KEY_CHAR.search(raw):
         return None
+    if raw.count(_KEY) == 1:
+        # The usual body: one "model" (so no repeated key), found with its value in one call.
+        m = _KEY_AND_VALUE.search(raw)
+        if m is not None:
+            if not _top_level(raw, m.start()):
+                return _ABSENT  # a nested object's key; text in strings never matches
+            return (m.start(1) - 1, m.end(1)) if _looks_object(raw) else None
     found: tuple[int, int] | None = None
     n = len(raw)
     i = raw.find(_KEY)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rechat.errors import ConfigError
-from rechat.modelmap import ModelMap, ModelRestore, restore_response_model, rewrite_request_bytes
+from rechat.modelmap import (_ABSENT, ModelMap, ModelRestore, _model_span, restore_response_model,
+                             rewrite_request_bytes)
 from rechat.rewrite import NDJSONStreamRewriter, SSEStreamRewriter, rewrite_json
 from rechat.think import ThinkTransform
 
@@ -215,3 +218,40 @@ def test_resolve_is_memoized_and_bounded():
     for i in range(3000):
         assert mm.resolve(f"gpt-4-{i}") == f"claude-3-opus-{i}"
     assert len(mm._resolved) <= 1024
+
+
+# `_model_span` against the decoder: whatever it locates must be the top-level model's value
+# (replacing those bytes renames it and changes nothing else); it may decline (None), never
+# err. Objects with a model at the top, in nested objects, as text inside strings, with and
+# without escapes, in three spellings.
+_names = st.sampled_from(["gpt-4", "llama3", "m", "", 'say "hi"', "caf\u00e9", "a\\b"])
+_leaf = st.one_of(st.none(), st.integers(), _names,
+                  st.sampled_from(['"model": "x"', '{"model": "y"}', "model", '\\"model\\"']))
+_value = st.recursive(_leaf, lambda inner: st.one_of(
+    st.lists(inner, max_size=3),
+    st.dictionaries(st.sampled_from(["model", "id", "messages", "x"]), inner, max_size=3)),
+    max_leaves=8)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.sampled_from(["id", "object", "messages", "choices", "x"]), _value,
+                       max_size=4),
+       st.one_of(st.none(), _names, st.integers()), st.integers(min_value=0, max_value=4),
+       st.sampled_from(["default", "compact", "indent"]))
+def test_model_span_finds_only_the_top_level_model(body, model, at, spelling):
+    items = list(body.items())
+    if model is not None:
+        items.insert(min(at, len(items)), ("model", model))
+    obj = dict(items)
+    raw = {"default": lambda o: json.dumps(o), "compact": lambda o: json.dumps(o, separators=(",", ":")),
+           "indent": lambda o: json.dumps(o, indent=1)}[spelling](obj).encode()
+    span = _model_span(raw)
+    if span is None:
+        return  # declined: the caller decodes
+    if span == _ABSENT:
+        assert "model" not in obj
+        return
+    a, b = span
+    assert isinstance(obj.get("model"), str) and json.loads(raw[a:b + 1]) == obj["model"]
+    renamed = json.loads(raw[:a] + b'"renamed"' + raw[b + 1:])
+    assert renamed == {**obj, "model": "renamed"}
