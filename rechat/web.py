@@ -156,11 +156,11 @@ class WebUI:
     def on_event(self, ev) -> None:
         """The proxy's subscriber: queue finished requests for the log, tell live clients.
 
-        Live clients hear of a request in flight (``start``, later ``end``) only when it is
-        still running at the next tick, at most `COALESCE_S` after it started; one answered
-        sooner shows up only as its ``exchange`` row. Under load that spares two of the three
-        frames per request (their encoding, the page's work); and a request that short could
-        not be seen in flight anyway on a page that redraws once per animation frame.
+        Live clients hear of a request in flight (``start``, later ``end``) only once it has
+        run `COALESCE_S` (50 ms); one answered sooner shows up only as its ``exchange`` row.
+        Under load that spares two of the three frames per request (their encoding, the page's
+        work); and a request that short could not be seen in flight anyway on a page that
+        redraws once per animation frame.
         """
         if ev.kind == "start":
             if self.hub.clients:
@@ -168,7 +168,8 @@ class WebUI:
                 if self._tick is None and self.loop is not None:
                     self._tick = self.loop.call_later(COALESCE_S, self._announce)
             return
-        if self._starting.pop(ev.id, None) is None and ev.id in self._announced:
+        self._starting.pop(ev.id, None)
+        if ev.id in self._announced:  # by a tick, or by the `hello` of a client that came since
             self._announced.discard(ev.id)
             if self.hub.clients:
                 self.hub.send("end", {"id": ev.id, "kind": ev.kind})
@@ -177,15 +178,22 @@ class WebUI:
             lg.put(ev, self._recorded_at(ev.file) if ev.kind == "record" and ev.file else None)
 
     def _announce(self) -> None:
-        # The tick: the requests started since the last one and still running go out as
-        # `start` events (the others have ended: their `exchange` row says it all).
+        # The tick: requests still running `COALESCE_S` after they started go out as `start`
+        # events (those that ended sooner left `_starting`: their `exchange` row says it all).
+        # `_starting` is in order of start, so the first one not due yet sets the next tick.
         self._tick = None
-        starting, self._starting = self._starting, {}
         if not self.hub.clients:
+            self._starting.clear()
             return
         now = time.time()
-        for ev in starting.values():
-            self._announced.add(ev.id)
+        starting = self._starting
+        for rid, ev in list(starting.items()):
+            wait = ev.started_at + COALESCE_S - now
+            if wait > 0.002:  # (the loop's clock and the wall clock may differ by a little)
+                self._tick = self.loop.call_later(wait, self._announce)
+                return
+            del starting[rid]
+            self._announced.add(rid)
             self.hub.send("start", self._inflight_item(ev, now))
 
     def _recorded_at(self, file: str) -> dict | None:

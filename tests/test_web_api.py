@@ -428,7 +428,8 @@ def test_inflight_and_live_events(upstream, start_rechat, tmp_path):
 
 
 def test_quick_requests_reach_the_live_stream_only_as_rows(upstream, start_rechat, tmp_path):
-    # A request answered before the next tick (50 ms) gets no start/end frames, only its row.
+    # A request answered within 50 ms of its start gets no start/end frames, only its row: a
+    # start frame goes out only for a request that has run 50 ms (a stalled replay may).
     r = start_rechat("serve", upstream.url, "--sessions", str(tmp_path / "s"))
     c = r.client()
     ask = [{"role": "user", "content": "quick"}]
@@ -447,7 +448,9 @@ def test_quick_requests_reach_the_live_stream_only_as_rows(upstream, start_recha
         assert rows == [listed[x["id"]] for x in rows]
         assert rows[0]["session_name"] and rows[0]["prompt"] == "quick" and rows[0]["model"] == "m"
         time.sleep(0.2)  # a tick would have announced a request still thought to be running
-        assert reader.of("start") == [] and reader.of("end") == []
+        starts = reader.of("start")
+        assert all(x["elapsed_ms"] >= 45 for x in starts)
+        assert sorted(x["id"] for x in reader.of("end")) == sorted(x["id"] for x in starts)
     finally:
         reader.close()
 
