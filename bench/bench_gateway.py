@@ -16,7 +16,11 @@ Prints req/s, p50 and server CPU per request, the CPU other processes used meanw
 cores: noise on a shared machine), and the ratios gateway/plain (median of per-round values)
 against the target.
 
-    .venv/bin/python bench/bench_gateway.py [--quick]
+    .venv/bin/python bench/bench_gateway.py [--quick] [--floor]
+
+`--floor` adds a third process, bench/gateway_floor.py: the gateway's routing as it is, and its
+answer rewrite replaced by the least any rewrite must do on the bench's answer (two one-byte
+searches and one replace per piece), so that floor / plain says what the 5% target leaves.
 
 Exits 0 whatever the figures (a measurement), 1 when the bench itself failed.
 """
@@ -43,6 +47,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--floor", action="store_true",
+                    help="also run bench/gateway_floor.py: the same routing with the answer "
+                         "rewrite replaced by the least it must do (what the target leaves)")
     ap.add_argument("--answer-model", choices=("asked", "served"), default="asked",
                     help="the gateway's answers name the model asked for (rechat's default, "
                          "a rename per answer object) or the one served (--served-model)")
@@ -52,7 +59,7 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="rechat-bench-gw-")
     servers: list[bp.Server] = []
     try:
-        ports = {n: bp.free_port() for n in ("bare", "bare2", "plain", "gateway")}
+        ports = {n: bp.free_port() for n in ("bare", "bare2", "plain", "gateway", "floor")}
         for name in ("bare", "bare2"):
             servers.append(bp.Server(name, [bp.PY, os.path.join(os.path.dirname(__file__),
                                                                  "bench_proxy.py"),
@@ -62,17 +69,23 @@ def main() -> int:
         lean = ["--no-ui", "--no-dump", "--quiet", "--sessions", os.path.join(tmp, "s")]
         plain = bp.Server("plain", bp.RECHAT + ["passthrough", up, "--port", str(ports["plain"]),
                                                 *lean], ports["plain"], tmp).start()
-        gateway = bp.Server("gateway", bp.RECHAT + [
-            "passthrough", f"{up}::gpt-4o-mini,llama3", f"{up2}::other", "--port",
-            str(ports["gateway"]), "--model-map", '{"/gpt-4o-.*/": "llama3"}',
-            "--restore-model" if args.answer_model == "asked" else "--served-model",
-            "--think", "strip", *lean], ports["gateway"], tmp).start()
+        def routed(name: str, head: list[str]) -> bp.Server:
+            return bp.Server(name, head + [
+                "passthrough", f"{up}::gpt-4o-mini,llama3", f"{up2}::other", "--port",
+                str(ports[name]), "--model-map", '{"/gpt-4o-.*/": "llama3"}',
+                "--restore-model" if args.answer_model == "asked" else "--served-model",
+                "--think", "strip", *lean], ports[name], tmp).start()
+
+        gateway = routed("gateway", bp.RECHAT)
         servers += [plain, gateway]
+        if args.floor:  # the same routing, the answer rewrite replaced by its least work
+            servers.append(routed("floor", [bp.PY, os.path.join(os.path.dirname(__file__),
+                                                                "gateway_floor.py")]))
         results: dict[tuple, list] = {}
         for rnd in range(args.rounds):
             for stream in (False, True):
                 for conc in (1, 16):
-                    for srv in (plain, gateway):
+                    for srv in servers[2:]:  # plain, gateway (and floor), in turn
                         body = dict(bp.REQUEST, stream=True) if stream else bp.REQUEST
                         raw = bp.build_request(srv.port, body)
                         asyncio.run(bp.load(srv.port, raw, conc, 200, 2.0))  # warm-up
@@ -105,6 +118,17 @@ def main() -> int:
                       f"{statistics.median(x.pct(0.5) for x in p):.3f} | "
                       f"{statistics.median(x.pct(0.5) for x in g):.3f} | {cpu:.3f} |")
                 verdicts.append((shape, lat if conc == 1 else cpu))
+        if args.floor:
+            print("\nthe floor (gateway_floor.py: routing as is, the answer rewrite replaced by "
+                  "two one-byte searches and one replace per piece) against plain:")
+            for stream in (False, True):
+                for conc in (1, 16):
+                    p, f = results[("plain", stream, conc)], results[("floor", stream, conc)]
+                    cpu = statistics.median(b.cpu_us_per_req / a.cpu_us_per_req
+                                            for a, b in zip(p, f))
+                    lat = statistics.median(b.pct(0.5) / a.pct(0.5) for a, b in zip(p, f))
+                    print(f"  floor / plain, {'stream' if stream else 'json'}, c={conc}: "
+                          f"p50 {lat:.3f}, CPU per request {cpu:.3f}")
         other = [ph.other_busy for phs in results.values() for ph in phs]
         print(f"\nother processes (noise): median {statistics.median(other):.2f} cores, "
               f"max {max(other):.2f} cores of {os.cpu_count()}")
