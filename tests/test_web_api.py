@@ -387,19 +387,26 @@ def test_page_assets_and_prefix(world):
 # Live: in-flight requests and the event stream
 
 
+def start_slow_request(r: Rechat) -> threading.Event:
+    """Stream an answer of the fake upstream's "slow" model (about 1 s) in a thread; the event
+    is set when the client has read it all."""
+    done = threading.Event()
+
+    def slow() -> None:
+        list(r.client().chat.completions.create(
+            model="slow", stream=True, messages=[{"role": "user", "content": "take your time"}]))
+        done.set()
+
+    threading.Thread(target=slow, daemon=True).start()
+    return done
+
+
 def test_inflight_and_live_events(upstream, start_rechat, tmp_path):
     r = start_rechat("serve", upstream.url, "--sessions", str(tmp_path / "s"))  # default log place
     reader = EventReader(r.base)
     try:
         until(lambda: reader.of("hello"))
-        done = threading.Event()
-
-        def slow() -> None:
-            list(r.client().chat.completions.create(
-                model="slow", stream=True, messages=[{"role": "user", "content": "take your time"}]))
-            done.set()
-
-        threading.Thread(target=slow, daemon=True).start()
+        done = start_slow_request(r)
         item = until(lambda: api(r, "inflight")["items"])[0]
         assert item["model"] == "slow" and item["stream"] and item["path"] == "/v1/chat/completions"
         first = item["elapsed_ms"]
@@ -457,14 +464,7 @@ def test_quick_requests_reach_the_live_stream_only_as_rows(upstream, start_recha
 
 def test_a_request_in_flight_at_hello_gets_its_end(upstream, start_rechat, tmp_path):
     r = start_rechat("serve", upstream.url, "--sessions", str(tmp_path / "s"))
-    done = threading.Event()
-
-    def slow() -> None:
-        list(r.client().chat.completions.create(
-            model="slow", stream=True, messages=[{"role": "user", "content": "take your time"}]))
-        done.set()
-
-    threading.Thread(target=slow, daemon=True).start()
+    done = start_slow_request(r)
     item = until(lambda: api(r, "inflight")["items"])[0]
     reader = EventReader(r.base)  # connects while the request runs: it is in the hello
     try:
