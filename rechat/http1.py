@@ -11,7 +11,7 @@ mock) where its own cost is the whole overhead. aiohttp's ``ClientSession.reques
 about 0.1 ms of CPU per round trip on loopback (request object, URL handling, tracing,
 timers, cookie and redirect logic rechat does not use); this client costs about a third of
 it (bench/bench_proxy.py, docs/performance.md). https upstreams, and requests this client
-does not take (see `handles`), keep going through the shared aiohttp session.
+does not take (see `METHODS` and `decodes`), keep going through the shared aiohttp session.
 
 The response object has the part of ``aiohttp.ClientResponse`` the proxy and the gateway
 use: `status`, `reason`, `headers`, `raw_headers`, `content_length`, ``await read()``,
@@ -48,18 +48,10 @@ _HIGH_WATER = 1 << 20  # bytes buffered before the socket stops being read
 _IDLE_PER_HOST = 64  # idle connections kept per (host, port)
 
 
-def handles(method: str, headers: list[tuple[str, str]]) -> bool:
-    """True when this client can send the request: a method of `METHODS`, and no request for
-    a content coding it cannot decode (only gzip, deflate and identity).
-
-    `headers` are the request's (name, value) pairs as they will be sent.
-    """
-    return method in METHODS and decodes(headers)
-
-
 def decodes(headers) -> bool:
-    """True when the request's (name, value) `headers` accept no content coding but those this
-    client decodes (gzip, deflate, identity)."""
+    """True when the request's (name, value) `headers`, as they will be sent, accept no content
+    coding but those this client decodes (gzip, deflate, identity). This client takes a request
+    when this holds and its method is one of `METHODS`."""
     for k, v in headers:
         if k.lower() == "accept-encoding":
             for coding in v.split(","):
