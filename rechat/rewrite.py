@@ -233,10 +233,7 @@ class SSEStreamRewriter:
                     and data.find(b"\n") == len(data) - 2 and b"\r" not in data):
                 # One event (as _feed_events takes it, without its framing of several).
                 self._first_line = False
-                value = data[6:-2]
-                new = _chain_raw(self.transforms, value)
-                out = (self._rewrite_block([data[:-1], b"\n"]) if new is None
-                       else data if new is value else b"data: " + new + b"\n\n")
+                out = self._event(data[6:-2], data)
                 self._update_plan()
                 return out
         out = self._feed(bytes(data))
@@ -343,11 +340,7 @@ class SSEStreamRewriter:
             if value == b"[DONE]":
                 out.append((b"" if self._ended else self._end()) + b"data: [DONE]\n\n")
             else:
-                new = _chain_raw(self.transforms, value)
-                if new is None:
-                    out.append(self._rewrite_block([b"data: " + value + b"\n", b"\n"]))
-                else:
-                    out.append(b"data: " + new + b"\n\n")
+                out.append(self._event(value))
             pos += len(value) + 8
             if tries and i + 1 < len(values):
                 # Once the transforms are idle (after the first events of a stream, say),
@@ -360,6 +353,16 @@ class SSEStreamRewriter:
                         out.append(rest)
                         break
         return b"".join(out)
+
+    def _event(self, value: bytes, event: bytes | None = None) -> bytes:
+        """The bytes for the client of one ``data: value\n\n`` event (`event`: those bytes,
+        when at hand): renamed at byte level by the transforms, or decoded and rewritten."""
+        new = _chain_raw(self.transforms, value)
+        if new is None:
+            return self._rewrite_block([b"data: " + value + b"\n", b"\n"])
+        if new is value and event is not None:
+            return event
+        return b"data: " + new + b"\n\n"
 
     def _bulk(self, plan: tuple[tuple[bytes, ...], bytes, bytes | None, tuple[bytes, ...]],
               events: bytes, count: int) -> bytes | None:
