@@ -51,7 +51,7 @@ class Viewer:
     In a thread of this process it would take the GIL from the load generator, and the bench
     would then measure its own client."""
 
-    def __init__(self, port: int, logdir: str) -> None:
+    def __init__(self, port: int) -> None:
         self.port = port
         self.events = 0
         self.proc = subprocess.Popen([bp.PY, os.path.abspath(__file__), "--viewer", str(port)],
@@ -146,7 +146,7 @@ def main() -> int:
                     argv += ["--log-db", os.path.join(tmp, f"log-{key}.sqlite")]
                 servers[key] = bp.Server(key, argv, p, logdir).start()
                 if variant == "on+viewer":
-                    viewers[key] = Viewer(p, logdir)
+                    viewers[key] = Viewer(p)
                 keys.append((key, stream))
                 sent[key] = 0
         expect = {k: bp.check_answer(servers[k].port, s) for k, s in keys}
