@@ -325,9 +325,6 @@ class ThinkTransform:
                 return False
         return True
 
-    def _first_bytes(self) -> tuple[bytes, ...]:
-        return _first_bytes(self.mode, self.patterns)
-
     def raw_rule(self) -> tuple[tuple[bytes, ...], bytes, bytes, tuple[bytes, ...]] | None:
         """The byte rule `passes` applies to streamed objects while the state stays as it is.
 
