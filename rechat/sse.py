@@ -152,18 +152,19 @@ class SSEParser:
         starts with ``data: `` and ends with a blank line), as OpenAI streams arrive: their
         events, as `_parse` would give them; None when `data` is anything else.
 
-        Every LF of such a piece belongs to an event's closing pair exactly when there are two
-        per event: the events are ``data: `` at the start plus one per ``\n\ndata: ``, whose
-        occurrences cannot overlap each other or the final ``\n\n``. No BOM can be first
-        (the piece starts with ``data: ``).
+        Split at each blank line, such a piece is its events' lines: each part starts with
+        ``data: `` (the events are one at the start plus one per ``\n\ndata: ``, whose
+        occurrences cannot overlap) and holds no LF. No BOM can be first (the piece starts
+        with ``data: ``). The LF test is one memchr over the joined parts: counting LFs is a
+        byte-at-a-time loop in CPython, several times the cost.
         """
-        count = data.count(b"\n\ndata: ") + 1
-        if data.count(b"\n") != 2 * count:
+        parts = data[:-2].split(b"\n\n")
+        if b"\n" in b"".join(parts) or data.count(b"\n\ndata: ") + 1 != len(parts):
             return None
         self._first_line = False
         last_id = self.last_event_id
-        return [SSEEvent(raw[6:-2].decode("utf-8", "replace"), None, last_id, None, raw)
-                for raw in [x + b"\n\n" for x in data[:-2].split(b"\n\n")]]
+        return [SSEEvent(x[6:].decode("utf-8", "replace"), None, last_id, None, x + b"\n\n")
+                for x in parts]
 
     def close(self) -> list[SSEEvent]:
         """End the stream; return the events that only end of file completes.
