@@ -18,6 +18,10 @@ Both directions have a byte-level fast path (`rewrite_request_bytes`, `ModelRest
 the top-level ``"model"`` string is swapped in the JSON bytes as they are, without decoding
 and re-encoding the document, whenever the bytes say unambiguously where it is; otherwise the
 caller decodes. Pure and stdlib only; imports nothing from rechat but `errors`.
+
+Hot paths test bytes with ``find() >= 0`` rather than ``in``: CPython 3.11's bytes ``in``
+first tries its operand as an integer and formats a TypeError it then drops (about 1,000
+instructions a test, counted by bench/bench_instructions.py).
 """
 
 from __future__ import annotations
@@ -202,7 +206,7 @@ def _model_span(raw: bytes) -> tuple[int, int] | None:
     object (a decoder would reject it otherwise). O(len(raw)), all of it in C for the usual
     shapes.
     """
-    if b"\\" in raw and b"\\u" in raw and _ESCAPED_KEY_CHAR.search(raw):
+    if raw.find(b"\\") >= 0 and raw.find(b"\\u") >= 0 and _ESCAPED_KEY_CHAR.search(raw):
         return None
     if raw.count(_KEY) == 1:
         # The usual body: one "model" (so no repeated key), found with its value in one call.
@@ -247,13 +251,13 @@ def _looks_object(raw: bytes) -> bool:
 def _top_level(raw: bytes, i: int) -> bool:
     """True when index `i` of the JSON bytes `raw` is directly inside the top-level object."""
     prefix = raw[:i]
-    if (prefix.count(b"{") == 1 and prefix.lstrip(_WS)[:1] == b"{" and b"[" not in prefix
-            and b"}" not in prefix and b"]" not in prefix and b"\\" not in prefix):
+    if (prefix.count(b"{") == 1 and prefix.lstrip(_WS)[:1] == b"{" and prefix.find(b"[") < 0
+            and prefix.find(b"}") < 0 and prefix.find(b"]") < 0 and prefix.find(b"\\") < 0):
         # The usual answer chunk: only flat members before it. Without escapes, quotes
         # alternate opening and closing strings, so an even count is outside any string.
         return prefix.count(b'"') % 2 == 0
     prefix = _STRING.sub(b"", prefix)
-    if b'"' in prefix:
+    if prefix.find(b'"') >= 0:
         return False  # i is inside a string
     prefix = prefix.lstrip(_WS)
     return prefix[:1] == b"{" and (prefix.count(b"{") + prefix.count(b"[")
@@ -303,10 +307,11 @@ class ModelRestore:
     def __init__(self, asked: str) -> None:
         self.asked = asked
         self._asked_raw = _encode(asked)
-        # (bytes up to the end of a model value already located, the same renamed): the
+        # (bytes up to the end of a model value already located, the same renamed, where the
+        # two differ from: the key's index when the bytes hold the key once, else 0): the
         # chunks of one stream start alike, so the next one starting with the same bytes has
         # its model at the same place.
-        self._memo: tuple[bytes, bytes] | None = None
+        self._memo: tuple[bytes, bytes, int] | None = None
 
     def feed(self, obj: dict) -> list[dict]:
         """Return ``[obj with model = asked]``."""
@@ -333,11 +338,15 @@ class ModelRestore:
         if span is _ABSENT:
             return raw
         start, end = span
+        head = raw[:end + 1]
+        cut = head.rfind(_KEY, 0, start)
+        if cut < 0 or head.count(_KEY) != 1:
+            cut = 0
         if raw[start:end + 1] == self._asked_raw:
-            self._memo = (raw[:end + 1],) * 2
+            self._memo = (head, head, cut)
             return raw
-        self._memo = (raw[:end + 1], raw[:start] + self._asked_raw)
-        return raw[:start] + self._asked_raw + raw[end + 1:]
+        self._memo = (head, raw[:start] + self._asked_raw, cut)
+        return self._memo[1] + raw[end + 1:]
 
     def feed_raw_events(self, events: bytes, count: int) -> bytes | None:
         """`feed_raw` over `count` whole SSE events ``data: X\\n\\n`` side by side, in one go:
@@ -346,27 +355,36 @@ class ModelRestore:
         memo = self._memo
         if memo is None:
             return None
-        old = b"data: " + memo[0]
-        if (events.count(old) != count or events.count(_KEY) != count
-                or (b"\\" in events and b"\\u" in events)
-                or events.count(b"}\n\ndata: ") != count - 1 or not events.endswith(b"}\n\n")):
+        head, new, cut = memo
+        old = b"data: " + head
+        # Each blank line but the last is "}\n\n" + `old` and the first event starts with it:
+        # every event does, and ends its object (`old` has unescaped quotes: it occurs only
+        # where an event starts). One key per event: the one in `old`.
+        if (not events.startswith(old) or not events.endswith(b"}\n\n")
+                or (count > 1 and events.count(b"}\n\n" + old) != count - 1)
+                or events.count(_KEY) != count * head.count(_KEY)
+                or (events.find(b"\\") >= 0 and events.find(b"\\u") >= 0)):
             return None
-        # `old` ends inside JSON (unescaped quotes), so it occurs only where an event starts.
-        return events if memo[1] is memo[0] else events.replace(old, b"data: " + memo[1])
+        if new is head:
+            return events
+        # The key occurs only in the heads, once each when `cut`: so does the part from it.
+        return events.replace(head[cut:], new[cut:]) if cut else events.replace(old, b"data: " + new)
 
-    def raw_rule(self) -> tuple[tuple[bytes, ...], bytes, bytes, tuple[bytes, ...]] | None:
+    def raw_rule(self) -> tuple[tuple[bytes, ...], bytes, bytes, tuple[bytes, ...], int] | None:
         """The byte rule of `feed_raw` for the chunks that follow one already renamed.
 
-        ``((), head, new_head, (b'"model"', b"\\\\u"))``: the JSON bytes of an object that
-        start with `head` (the bytes up to the end of the model value of a chunk renamed
+        ``((), head, new_head, (b'"model"', b"\\\\u"), cut)``: the JSON bytes of an object
+        that start with `head` (the bytes up to the end of the model value of a chunk renamed
         before), hold neither ``"model"`` nor ``\\u`` after it and end with ``}`` turn into
         `new_head` followed by the rest, as `feed_raw` gives; `new_head` is `head` itself when
-        the name is the one asked for. None until a chunk has been located. Stateless.
+        the name is the one asked for. `cut`: where the model's key starts in `head` when
+        `head` holds ``"model"`` once (the two heads differ only from there), else 0. None
+        until a chunk has been located. Stateless.
         """
         memo = self._memo
         if memo is None:
             return None
-        return (), memo[0], memo[1], (_KEY, b"\\u")
+        return (), memo[0], memo[1], (_KEY, b"\\u"), memo[2]
 
     def end(self) -> list[dict]:
         """Return [] (nothing is held)."""

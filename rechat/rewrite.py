@@ -17,12 +17,17 @@ decoding and re-encoding: ``passes(raw, whole) -> bool`` (True: every object in 
 `raw` passes unchanged) and ``feed_raw(raw, whole) -> bytes | None`` (the JSON bytes `feed`
 would turn the one object `raw` into, as a single object and without any change of state;
 None: decode and `feed`), ``feed_raw_events(events, count) -> bytes | None``, the same over
-several whole SSE events, and ``raw_rule() -> (stops, head, new_head, tail_stops) | None``:
-while the state stays as it is, the JSON bytes of an object that start with `head`, hold
-none of `stops`, none of `tail_stops` after `head` and end with ``}`` turn into `new_head` +
-the rest (None: no rule now). A transform without `feed_raw` is fed decoded objects; one
+several whole SSE events, and ``raw_rule() -> (stops, head, new_head, tail_stops, cut) |
+None``: while the state stays as it is, the JSON bytes of an object that start with `head`,
+hold none of `stops`, none of `tail_stops` after `head` and end with ``}`` turn into
+`new_head` + the rest (None: no rule now); `cut` is 0, or where the two heads start to differ
+and `head[cut:]` holds a tail stop that `head` holds once. A transform without `feed_raw` is fed decoded objects; one
 whose `feed_raw` declines is fed the decoded object, and the transforms after it go on with
 the bytes while it returns the object unchanged.
+
+Hot paths test bytes with ``find() >= 0`` rather than ``in``: CPython 3.11's bytes ``in``
+first tries its operand as an integer and formats a TypeError it then drops (about 1,000
+instructions a test, counted by bench/bench_instructions.py).
 """
 
 from __future__ import annotations
@@ -116,7 +121,7 @@ def _chain(transforms: Sequence[ObjectTransform], raw: bytes, whole: bool = Fals
             items = [x for it in items for x in u.feed(it)]
         last = cur if items[-1] is obj else _dumps(items[-1])
         return items[:-1], last
-    if one_line and cur is not raw and (b"\n" in cur or b"\r" in cur):
+    if one_line and cur is not raw and (cur.find(b"\n") >= 0 or cur.find(b"\r") >= 0):
         return [], _dumps(json.loads(cur) if obj is None else obj)
     return [], cur
 
@@ -155,6 +160,11 @@ def rewrite_json(body: bytes, transforms: Sequence[ObjectTransform]) -> bytes:
 # -- byte streams ----------------------------------------------------------------------------
 
 _BOM = b"\xef\xbb\xbf"
+
+# SSEStreamRewriter._make_plan's fused rule: (stops, head, new head or None, ((tail stop,
+# how often head holds it), ...), old, fresh).
+_Plan = tuple[tuple[bytes, ...], bytes, "bytes | None", tuple[tuple[bytes, int], ...], bytes,
+              "bytes | None"]
 
 
 class SSEStreamRewriter:
@@ -196,30 +206,39 @@ class SSEStreamRewriter:
         self._bom = False  # the current block is the first and starts with a BOM
         self._ended = False  # end() objects already emitted
         self._closed = False
-        # (stops, head, new head, tail stops) while nothing is held and the transforms' rules
-        # hold (see _make_plan); None: no fused fast path for the next piece.
-        self._plan: tuple[tuple[bytes, ...], bytes, bytes | None, tuple[bytes, ...]] | None = None
+        # The transforms' fused rule (_make_plan) while nothing is held; None: no fused path.
+        self._plan: _Plan | None = None
         self._plain_plan = self._plan  # the same without the stops that start with a backslash
 
-    def feed(self, data: bytes) -> bytes:
-        """Take the next piece of the upstream's body; return the bytes for the client."""
+    def feed(self, data: bytes, whole: int = 0) -> bytes:
+        """Take the next piece of the upstream's body; return the bytes for the client.
+
+        `whole`: the number of whole one-line ``data: X\n\n`` events (LF only) that `data`
+        is made of, when the caller's SSE parser has found so (`rechat.sse.SSEParser.whole`),
+        else 0; it spares the rewriter framing the piece again.
+        """
         plan = self._plan
-        if (plan is not None and data.endswith(b"}\n\n") and data.find(b"\n") == len(data) - 2
-                and data.startswith(plan[1])):
-            # The fused fast path (class docstring): one ``data: {...}\n\n`` event, nothing held.
-            # Stops like \\u cannot occur without a backslash: without one (memchr), only the
-            # others are looked for.
-            stops, head, new, tail = plan if b"\\" in data else self._plain_plan
-            for stop in stops:
-                if stop in data:
-                    break
-            else:
-                n = len(head)
-                for stop in tail:
-                    if data.find(stop, n) >= 0:
+        if plan is not None:
+            if whole > 1:
+                out = self._bulk(plan, data, whole)
+                if out is not None:
+                    return out
+            elif (data.startswith(plan[1]) and (whole or (
+                    data.endswith(b"}\n\n") and data.find(b"\n") == len(data) - 2))):
+                # The fused fast path (class docstring): one ``data: {...}\n\n`` event,
+                # nothing held. Stops like \\u cannot occur without a backslash: without one
+                # (memchr), only the others are looked for.
+                stops, head, new, tail, _, _ = plan if data.find(b"\\") >= 0 else self._plain_plan
+                for stop in stops:
+                    if data.find(stop) >= 0:
                         break
                 else:
-                    return data if new is None else new + data[n:]
+                    n = len(head)
+                    for stop, _ in tail:
+                        if data.find(stop, n) >= 0:
+                            break
+                    else:
+                        return data if new is None else new + data[n:]
         if self._closed:
             raise ValueError("SSEStreamRewriter.feed() called after close()")
         if not data:
@@ -229,11 +248,15 @@ class SSEStreamRewriter:
                 # The usual last piece: end the transforms before it (as _feed_events would).
                 self._first_line, self._plan = False, None
                 return (b"" if self._ended else self._end()) + data
-            if (data.endswith(b"}\n\n") and data.startswith(b"data: {")
-                    and data.find(b"\n") == len(data) - 2 and b"\r" not in data):
+            if whole == 1 or (data.endswith(b"}\n\n") and data.startswith(b"data: {")
+                              and data.find(b"\n") == len(data) - 2 and data.find(b"\r") < 0):
                 # One event (as _feed_events takes it, without its framing of several).
                 self._first_line = False
                 out = self._event(data[6:-2], data)
+                self._update_plan()
+                return out
+            if whole:
+                out = self._feed_events(data, whole)
                 self._update_plan()
                 return out
         out = self._feed(bytes(data))
@@ -244,13 +267,17 @@ class SSEStreamRewriter:
         plan = self._plan = (None if self._partial or self._block or self._closed
                              else self._make_plan())
         if plan is not None:
-            stops, head, new, tail = plan
+            stops, head, new, tail, old, fresh = plan
             self._plain_plan = (tuple(x for x in stops if not x.startswith(b"\\")), head, new,
-                                tuple(x for x in tail if not x.startswith(b"\\")))
+                                tuple(x for x in tail if not x[0].startswith(b"\\")), old, fresh)
 
-    def _make_plan(self) -> tuple[tuple[bytes, ...], bytes, bytes | None, tuple[bytes, ...]] | None:
+    def _make_plan(self) -> _Plan | None:
         """Fuse the transforms' `raw_rule`s into one test on an event's bytes, or None.
 
+        ``(stops, head, new, tail, old, fresh)``: `head` and `new` are ``data: `` and the
+        renaming rule's head and new head (`new` None: no rename); `tail` pairs each tail stop
+        with how often `head` holds it; `old` and `fresh` are the parts of `head` and `new`
+        from the rule's `cut` on, so that a rename is one replace of `old` (see `_bulk`).
         Only one transform (the last with a rule, so that no other rule reads renamed bytes)
         may change bytes; the event must also hold no CR, so that its one line is its one
         data line.
@@ -258,21 +285,24 @@ class SSEStreamRewriter:
         if self._first_line:
             return None
         stops: list[bytes] = [b"\r"]
-        head, new = b"", None
+        head, new, cut = b"", None, 0
         tail: tuple[bytes, ...] = ()
         for t in self.transforms:
             rule = getattr(t, "raw_rule", None)
             got = rule() if rule is not None else None
             if got is None or head:
                 return None  # no rule, or a rule after a renaming one
-            t_stops, t_head, t_new, t_tail = got
+            t_stops, t_head, t_new, t_tail, t_cut = got
             stops += t_stops
             if t_head:
-                head, tail = t_head, t_tail
+                head, tail, cut = t_head, t_tail, t_cut
                 new = None if t_new is t_head or t_new == t_head else b"data: " + t_new
             elif t_tail:
                 return None
-        return tuple(dict.fromkeys(stops)), b"data: " + head, new, tail
+        head = b"data: " + head
+        cut = cut + 6 if cut else 0
+        return (tuple(dict.fromkeys(stops)), head, new, tuple((x, head.count(x)) for x in tail),
+                head[cut:], None if new is None else new[cut:])
 
     def _feed(self, data: bytes) -> bytes:
         if not self._partial and not self._block:
@@ -281,7 +311,7 @@ class SSEStreamRewriter:
                 return fast
         partial = self._partial
         held_cr = bool(partial) and partial[-1].endswith(b"\r")
-        if b"\n" not in data and b"\r" not in data and not held_cr:
+        if data.find(b"\n") < 0 and data.find(b"\r") < 0 and not held_cr:
             partial.append(data)  # no line can complete; join later (O(n) for long lines)
             return b""
         if partial and not self._block and not held_cr:
@@ -289,7 +319,7 @@ class SSEStreamRewriter:
             # events do): that event takes the general path, the whole events after it the
             # fast one. A blank line ends every line before it and the block: nothing is held.
             end = data.find(b"\n\n")
-            if end >= 0 and b"\r" not in data[:end]:
+            if end >= 0 and data[:end].find(b"\r") < 0:
                 partial.append(data[:end + 2])
                 first = b"".join(partial)
                 partial.clear()
@@ -305,22 +335,35 @@ class SSEStreamRewriter:
             partial.clear()
         return self._lines(data, final=False)
 
-    def _feed_events(self, data: bytes) -> bytes | None:
+    def _feed_events(self, data: bytes, count: int = 0) -> bytes | None:
         """The fast path (class docstring) for `data` arriving with nothing held; None when
-        `data` is not whole ``data: X\n\n`` events (the general path then frames it)."""
-        cut = data.rfind(b"\n\n") + 2
-        if cut < 2 or not data.startswith(b"data: ") or b"\r" in data:
-            return None
-        head = data[:cut] if cut < len(data) else data
-        count = head.count(b"\n\ndata: ") + 1
-        # Every LF belongs to an event's closing "\n\n" exactly when there are two per event
-        # (those occurrences cannot overlap): no event spans several lines, no blank block.
-        if head.count(b"\n") != 2 * count:
-            return None
+        `data` is not whole ``data: X\n\n`` events (the general path then frames it).
+        `count`: how many whole one-line events `data` is known to be (`feed`'s `whole`), or 0
+        to find out."""
+        if count:
+            head = data
+        else:
+            cut = data.rfind(b"\n\n") + 2
+            if cut < 2 or not data.startswith(b"data: ") or data.find(b"\r") >= 0:
+                return None
+            head = data[:cut] if cut < len(data) else data
+            # Split at each blank line, whole one-line events are their lines: each part
+            # starts with ``data: `` (one at the start plus one per ``\n\ndata: ``, whose
+            # occurrences cannot overlap) and holds no LF (one memchr over the parts joined:
+            # counting LFs is a byte-at-a-time loop in CPython).
+            parts = head[:-2].split(b"\n\n")
+            count = head.count(b"\n\ndata: ") + 1
+            if count != len(parts) or b"".join(parts).find(b"\n") >= 0:
+                return None
+            if cut < len(data):
+                self._partial.append(data[cut:])
         self._first_line = False  # data: starts the stream's first line, so no BOM
-        if cut < len(data):
-            self._partial.append(data[cut:])
-        if b"[DONE]" not in head:
+        plan = self._make_plan()
+        if plan is not None:
+            whole = self._bulk(plan, head, count)
+            if whole is not None:
+                return whole
+        if head.find(b"[DONE]") < 0:
             new = head
             for many in self._many:
                 new = many(new, count)
@@ -331,11 +374,6 @@ class SSEStreamRewriter:
         out = []
         values = head[6:-2].split(b"\n\ndata: ")
         pos, tries = 0, 2  # pos: where the next event starts in head
-        plan = self._make_plan()
-        if plan is not None:
-            whole = self._bulk(plan, head, len(values))
-            if whole is not None:
-                return whole
         for i, value in enumerate(values):
             if value == b"[DONE]":
                 out.append((b"" if self._ended else self._end()) + b"data: [DONE]\n\n")
@@ -364,40 +402,41 @@ class SSEStreamRewriter:
             return event
         return b"data: " + new + b"\n\n"
 
-    def _bulk(self, plan: tuple[tuple[bytes, ...], bytes, bytes | None, tuple[bytes, ...]],
-              events: bytes, count: int) -> bytes | None:
+    def _bulk(self, plan: _Plan, events: bytes, count: int) -> bytes | None:
         """Apply the fused rule `plan` to `count` whole ``data: X\n\n`` events side by side
         (LF only, one line each), maybe ending in ``data: [DONE]``; None: take them one by one.
 
-        Each X must be an object starting with the rule's head, so its head occurs once per
-        event (it holds quotes that are not escaped: never inside a JSON string), and each
-        tail stop only as often as the heads hold it.
+        Each X must be an object that starts with the rule's head and holds the tail stops
+        only there, as the fused path asks of one event. Since the events are one line each,
+        their only LF pairs are the blank lines that end them: the first event starts with
+        `head` and each blank line but the last is ``}\n\n`` + `head` exactly when every event
+        starts with `head` and ends its object before its blank line (`head` has quotes that
+        are not escaped: it can start nowhere inside a JSON string). Each tail stop occurs as
+        often as the heads hold it, so no event holds one after its head. A rename is then one
+        replace of `old`, which holds a tail stop that the head holds once (`raw_rule`'s
+        `cut`): it occurs once per event, at its head. A handful of C scans, whatever `count`.
         """
-        stops, head, new, tail = plan
+        stops, head, new, tail, old, fresh = plan
         done = events.endswith(b"data: [DONE]\n\n")
         if done:
             events, count = events[:-14], count - 1
         if count:
-            # What follows each head is the rest of one event: `head` starts every event and
-            # occurs nowhere else, and each event's object closes before its blank line.
-            rests = events.split(head)
-            if len(rests) != count + 1 or rests[0]:
+            if (not events.startswith(head) or not events.endswith(b"}\n\n")
+                    or (count > 1 and events.count(b"}\n\n" + head) != count - 1)):
                 return None
-            for rest in rests[1:]:
-                if not rest.endswith(b"}\n\n"):
-                    return None
-            slash = b"\\" in events  # stops like \\u cannot occur without one (memchr first)
+            slash = events.find(b"\\") >= 0  # stops like \\u cannot occur without one (memchr first)
             for stop in stops:
-                if (slash or stop[:1] != b"\\") and stop in events:
+                if (slash or stop[:1] != b"\\") and events.find(stop) >= 0:
                     return None
-            for stop in tail:
+            for stop, per_head in tail:
                 if ((slash or stop[:1] != b"\\")  # else 0 here and in the head (inside events)
-                        and events.count(stop) != count * head.count(stop)):
+                        and events.count(stop) != count * per_head):
                     return None
             if new is not None:
-                events = new.join(rests)
+                events = events.replace(old, fresh)
         if done:
             events += (b"" if self._ended else self._end()) + b"data: [DONE]\n\n"
+            self._plan = None  # the transforms ended: feed() works out the next plan
         return events
 
     def close(self) -> bytes:
@@ -514,7 +553,7 @@ class NDJSONStreamRewriter:
         """Take the next piece of the upstream's body; return the bytes for the client."""
         if self._closed:
             raise ValueError("NDJSONStreamRewriter.feed() called after close()")
-        if b"\n" not in data:
+        if data.find(b"\n") < 0:
             if data:
                 self._partial.append(bytes(data))
             return b""

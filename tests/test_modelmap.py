@@ -206,6 +206,26 @@ def test_model_restore_feed_raw(raw, expected):
         assert json.loads(out) == restore_response_model(json.loads(raw), "gpt-4")
 
 
+@pytest.mark.parametrize("think", [False, True])
+def test_several_events_renamed_at_once_keep_a_nested_model_of_the_same_name(think):
+    # A chunk whose head holds a nested "model" naming the same model before the top-level
+    # one: renaming several events in one replace must not take the nested one for it (the
+    # replace may start at the key only when the head holds the key once).
+    def chunk(text):
+        return {"id": "x", "meta": {"model": "llama3"}, "model": "llama3",
+                "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+    first, rest = chunk("Hello"), [chunk(f" word {i}") for i in range(4)]
+    def sse(objs):
+        return b"".join(b"data: " + json.dumps(o).encode() + b"\n\n" for o in objs)
+    transforms = ([ThinkTransform("strip")] if think else []) + [ModelRestore("gpt-4")]
+    rw = SSEStreamRewriter(transforms)
+    out = rw.feed(sse([first])) + rw.feed(sse(rest)) + rw.feed(sse(rest), whole=len(rest))
+    out += rw.close()
+    objs = [json.loads(e[6:]) for e in out.split(b"\n\n") if e]
+    assert objs == [restore_response_model(o, "gpt-4") for o in [first] + rest + rest]
+    assert all(o["meta"] == {"model": "llama3"} and o["model"] == "gpt-4" for o in objs)
+
+
 @pytest.mark.parametrize("raw", [b'{"model":null}', b'{"model":"a","model":"b"}',
                                  b'{"\\u006Dodel":"a"}', b'{"model":"a\\"b"}', b'{"model":"llama3"'])
 def test_model_restore_feed_raw_declines_to_guess(raw):
