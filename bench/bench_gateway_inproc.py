@@ -5,7 +5,8 @@ For the bench's exchange (bench_proxy.REQUEST; the fixed completion, or its 15 S
 [DONE], either each event a network piece as the bare server writes them, or all of them in
 one piece, as the proxy mostly reads them from a local upstream), times in CPU
 microseconds, best of `--repeat`: `Gateway.outbound` + `candidates` + `headers` +
-`transforms`, then `rewrite_json` or an `SSEStreamRewriter` over the pieces. Configuration
+`transforms`, then `rewrite_json` or an `SSEStreamRewriter` over the pieces, told of each
+piece what the relay's SSE parser found (`SSEParser.whole`), as the relay tells it. Configuration
 as bench_gateway.py's gateway: two routes, `{"/gpt-4o-.*/": "llama3"}`, `--think strip`, the
 answer naming the model asked for (or, second line, the one served).
 
@@ -31,6 +32,7 @@ from rechat.gateway import Gateway, GatewaySettings  # noqa: E402
 from rechat.modelmap import ModelMap  # noqa: E402
 from rechat.routes import parse_routes  # noqa: E402
 from rechat.rewrite import rewrite_json, stream_rewriter  # noqa: E402
+from rechat.sse import SSEParser  # noqa: E402
 from rechat.think import ThinkMode  # noqa: E402
 
 
@@ -44,6 +46,20 @@ def gateway(restore: bool) -> Gateway:
 WHOLE = [b"".join(bp.SSE_EVENTS)]
 
 
+def framed(pieces: list[bytes]) -> list[int]:
+    """What the relay's SSEParser tells the rewriter of each piece (`SSEParser.whole`): the
+    parsing is forwarding's own work, plain or not, so it is done once, outside the timing."""
+    parser = SSEParser()
+    out = []
+    for p in pieces:
+        parser.feed(p)
+        out.append(parser.whole)
+    return out
+
+
+_FRAMED: dict[int, list[int]] = {}
+
+
 def one(gw: Gateway, body: bytes, stream: bool, pieces: list[bytes] = bp.SSE_EVENTS) -> None:
     req = Request("POST", "/v1/chat/completions", "", [("Content-Type", "application/json")], body)
     out = gw.outbound(req)
@@ -51,9 +67,12 @@ def one(gw: Gateway, body: bytes, stream: bool, pieces: list[bytes] = bp.SSE_EVE
     gw.headers(route, req.headers)
     transforms = gw.transforms(out.asked, out.served)
     if stream:
+        wholes = _FRAMED.get(id(pieces))
+        if wholes is None:
+            wholes = _FRAMED[id(pieces)] = framed(pieces)
         rw = stream_rewriter("text/event-stream", transforms)
-        for ev in pieces:
-            rw.feed(ev)
+        for ev, whole in zip(pieces, wholes):
+            rw.feed(ev, whole)
         rw.close()
     else:
         rewrite_json(bp.COMPLETION_BYTES, transforms)

@@ -344,8 +344,12 @@ class Proxy:
                             events.append(ev.data)
                             event_ms.append(t)
                     if not client_gone:
+                        if rewriter is not None:
+                            # The parser has framed the piece: the rewriter need not again.
+                            piece = (rewriter.feed(piece, parser.whole) if parser is not None
+                                     else rewriter.feed(piece))
                         try:
-                            await resp.write(rewriter.feed(piece) if rewriter else piece)
+                            await resp.write(piece)
                         except ConnectionError:
                             client_gone = True
                 if rewriter is not None and not client_gone:

@@ -74,6 +74,10 @@ class SSEParser:
         last_event_id: the spec's "last event ID string" (None until set).
         retry: the stream's reconnection time in milliseconds, from the last
             valid ``retry`` field (None until set).
+        whole: after each `feed`, how many events its piece was made of when
+            that piece, arriving with nothing pending, was exactly whole
+            one-line ``data: X\n\n`` events (LF only), else 0. A rewriter
+            fed the same piece need not frame it again (`rechat.rewrite`).
     """
 
     __slots__ = (
@@ -86,6 +90,7 @@ class SSEParser:
         "_closed",
         "last_event_id",
         "retry",
+        "whole",
     )
 
     def __init__(self) -> None:
@@ -103,6 +108,7 @@ class SSEParser:
         self._closed = False
         self.last_event_id: str | None = None
         self.retry: int | None = None
+        self.whole = 0
 
     @property
     def tail(self) -> bytes:
@@ -124,6 +130,7 @@ class SSEParser:
         if self._closed:
             raise ValueError("SSEParser.feed() called after close()")
         if not data:
+            self.whole = 0
             return []
         if type(data) is not bytes:
             data = bytes(data)
@@ -132,11 +139,14 @@ class SSEParser:
             # The fast path (`_whole_data_events`); inline for a piece that is one event.
             if data.find(b"\n") == len(data) - 2:
                 self._first_line = False
+                self.whole = 1
                 return [SSEEvent(data[6:-2].decode("utf-8", "replace"), None,
                                  self.last_event_id, None, data)]
             events = self._whole_data_events(data)
             if events is not None:
+                self.whole = len(events)
                 return events
+        self.whole = 0
         partial = self._partial
         held_cr = partial and partial[-1].endswith(b"\r")
         if data.find(b"\n") < 0 and data.find(b"\r") < 0 and not held_cr:

@@ -76,6 +76,18 @@ def by_events(data: bytes, transforms) -> bytes:
     return b"".join(rw.feed(p) for p in pieces) + rw.close()
 
 
+def relayed(pieces: list[bytes], transforms) -> bytes:
+    """The rewrite as rechat's relay runs it: each piece goes through an SSEParser first, and
+    the rewriter is told when the parser found the piece to be whole events (`whole`)."""
+    rw, parser = SSEStreamRewriter(transforms), SSEParser()
+    out = []
+    for p in pieces:
+        if p:
+            parser.feed(p)
+            out.append(rw.feed(p, parser.whole))
+    return b"".join(out) + rw.close()
+
+
 def ollama_chat(contents: list[str]) -> bytes:
     lines = [{"model": "qwen3", "created_at": "t", "message": {"role": "assistant", "content": c},
               "done": False} for c in contents]

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from answer_streams import (CLOSE, OPEN, SSE_CONTENTS, by_events, byte_by_byte, chat_stream,
+from answer_streams import (CLOSE, OPEN, SSE_CONTENTS, by_events, byte_by_byte, chat_stream, relayed,
                             chunk, content_of, events, nd_content, ollama_chat, run_sse, sse)
 from rechat.modelmap import ModelRestore
 from rechat.rewrite import NDJSONStreamRewriter, SSEStreamRewriter, rewrite_json, stream_rewriter
@@ -272,6 +272,7 @@ def test_fused_fast_path_gives_the_general_paths_bytes(name, chain):
         make = FUSED_CHAINS[chain]
         slow = byte_by_byte(data, make())
         assert by_events(data, make()) == slow
+        assert relayed(re.split(b"(?<=\n\n)", data), make()) == slow
         assert run_sse(data, [], transforms=make()) == slow
         ends = [m.end() for m in re.finditer(b"\n\n", data)]
         for end in ends[:-1]:
@@ -317,6 +318,7 @@ def test_several_events_per_piece_give_the_general_paths_bytes(name, chain):
                 rw = SSEStreamRewriter(make())
                 out = b"".join(rw.feed(g) for g in groups if g) + rw.close()
                 assert out == slow, (size, start)
+                assert relayed(groups, make()) == slow, (size, start)
 
 
 def test_a_whole_stream_in_one_piece_is_renamed_in_one_go():
@@ -340,6 +342,7 @@ def test_a_piece_that_completes_an_event_then_brings_whole_ones(name, chain):
     slow = byte_by_byte(data, make())
     for i in range(1, len(data)):
         assert run_sse(data, [i], transforms=make()) == slow, i
+        assert relayed([data[:i], data[i:]], make()) == slow, i
         j = i + (len(data) - i) // 3
         if i < j:
             assert run_sse(data, [i, j], transforms=make()) == slow, (i, j)
