@@ -195,10 +195,32 @@ class SSEStreamRewriter:
     decide are decoded. All paths give the same bytes: an event changed only at byte level
     (a transform that decoded it left it unchanged) keeps the upstream's own JSON spelling;
     one whose object changed is re-encoded as compact JSON.
+
+    Set aside: a first transform with `deferral_stops` (the think rewrite, fresh) is left out
+    of the chain while no piece holds one of its stops, so that the stream's first chunks are
+    not decoded to learn where the text starts; the first piece that holds one gets it fed
+    the stream so far (`_settle`) and back in the chain. `defer=False` keeps every transform
+    in the chain from the start (the reference the tests compare against).
     """
 
-    def __init__(self, transforms: Sequence[ObjectTransform]) -> None:
+    def __init__(self, transforms: Sequence[ObjectTransform], defer: bool = True) -> None:
         self.transforms = list(transforms)
+        # The first transform, set aside while no piece concerns it (see `_settle`), with its
+        # one-byte stops and whether ``\\u`` is one; the pieces it has not seen.
+        self._aside: ObjectTransform | None = None
+        self._aside_stops: tuple[bytes, ...] = ()
+        self._aside_escape = False
+        self._history: list[bytes] = []
+        stops_of = (getattr(self.transforms[0], "deferral_stops", None)
+                    if defer and self.transforms else None)
+        stops = stops_of() if stops_of is not None else None
+        if stops is not None:
+            self._aside = self.transforms.pop(0)
+            self._aside_stops = tuple(x for x in stops if x != b"\\u")
+            self._aside_escape = len(self._aside_stops) < len(stops)
+            if any(len(x) != 1 for x in self._aside_stops):
+                self.transforms.insert(0, self._aside)  # only one-byte stops are looked for
+                self._aside = None
         self._many = [_raw_events_of(t) for t in self.transforms]  # see _feed_events
         self._block: list[bytes] = []  # complete lines of the current block
         self._partial: list[bytes] = []  # an unterminated line, or one ending in CR
@@ -217,6 +239,16 @@ class SSEStreamRewriter:
         is made of, when the caller's SSE parser has found so (`rechat.sse.SSEParser.whole`),
         else 0; it spares the rewriter framing the piece again.
         """
+        if self._aside is not None:
+            for stop in self._aside_stops:
+                if data.find(stop) >= 0:
+                    self._settle()
+                    break
+            else:
+                if self._aside_escape and data.find(b"\\") >= 0 and data.find(b"\\u") >= 0:
+                    self._settle()
+                else:
+                    self._history.append(data)
         plan = self._plan
         if plan is not None:
             if whole > 1:
@@ -262,6 +294,19 @@ class SSEStreamRewriter:
         out = self._feed(bytes(data))
         self._update_plan()
         return out
+
+    def _settle(self) -> None:
+        """Give the transform set aside (`deferral_stops`) the stream so far and put it back
+        first in the chain: a fresh rewriter with it alone is fed the pieces it has not seen
+        (its output is theirs, unchanged: they hold none of its stops), which leaves it as the
+        general path would have, at the same event boundary (both frame alike)."""
+        aside, self._aside = self._aside, None
+        if self._history:
+            SSEStreamRewriter([aside], defer=False).feed(b"".join(self._history))
+            self._history.clear()
+        self.transforms.insert(0, aside)
+        self._many.insert(0, _raw_events_of(aside))
+        self._update_plan()
 
     def _update_plan(self) -> None:
         plan = self._plan = (None if self._partial or self._block or self._closed
@@ -444,6 +489,8 @@ class SSEStreamRewriter:
         if self._closed:
             return b""
         self._closed = True
+        # A transform still set aside has seen nothing that concerns it: it holds nothing, and
+        # its end() would add nothing.
         out = b""
         if self._partial:
             data = b"".join(self._partial)

@@ -304,6 +304,22 @@ class ThinkTransform:
         """False in keep mode, where every object passes unchanged."""
         return self.mode is not ThinkMode.KEEP
 
+    def deferral_stops(self) -> tuple[bytes, ...] | None:
+        """While nothing has been fed: the byte strings (a marker's first character, ``\\u``)
+        without which a stream's bytes hold no object this transform would change; else None.
+
+        Until an object holding one of them comes, every object passes unchanged, and feeding
+        them all later, in order, leaves the state feeding them now would have (no marker can
+        start in their text, so only whether each choice's text has started changes). A
+        stream rewriter may therefore set a fresh transform aside and feed it the stream so
+        far only once a piece holds one (`rechat.rewrite.SSEStreamRewriter`). None in keep
+        mode, which changes nothing anyway.
+        """
+        if (self.mode is ThinkMode.KEEP or self._rw or self._template is not None
+                or self._template_raw is not None):
+            return None
+        return (b"\\u", *self._firsts)
+
     def passes(self, raw: bytes, whole: bool = False) -> bool:
         """True when the object encoded as `raw` (its JSON bytes) would pass unchanged.
 

@@ -66,7 +66,9 @@ SSE_CONTENTS = [
 
 
 def byte_by_byte(data: bytes, transforms) -> bytes:
-    rw = SSEStreamRewriter(transforms)
+    """The reference: the general path, a byte at a time, every transform in the chain from
+    the start (no transform set aside: `SSEStreamRewriter(defer=False)`)."""
+    rw = SSEStreamRewriter(transforms, defer=False)
     return b"".join(rw.feed(data[i:i + 1]) for i in range(len(data))) + rw.close()
 
 

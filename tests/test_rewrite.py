@@ -346,3 +346,33 @@ def test_a_piece_that_completes_an_event_then_brings_whole_ones(name, chain):
         j = i + (len(data) - i) // 3
         if i < j:
             assert run_sse(data, [i, j], transforms=make()) == slow, (i, j)
+
+
+# -- the think transform set aside until a piece concerns it ----------------------------------
+# SSEStreamRewriter sets a fresh ThinkTransform aside (`deferral_stops`) and feeds it the
+# stream so far once a piece holds a marker's first character or a \u escape.
+
+@pytest.mark.parametrize("chain", ["strip+restore", "strip", "tags+restore"])
+def test_a_marker_spelled_with_escapes_ends_the_set_aside(chain):
+    data = chat_stream(["Hi", " there", "<think>x</think>", " end"])
+    data = data.replace(b"<think>", b"\\u003cthink>").replace(b"</think>", b"\\u003c/think>")
+    assert b"<" not in data
+    make = FUSED_CHAINS[chain]
+    slow = byte_by_byte(data, make())
+    assert by_events(data, make()) == slow
+    assert relayed(re.split(b"(?<=\n\n)", data), make()) == slow
+    assert run_sse(data, [], transforms=make()) == slow
+    if chain != "tags+restore":
+        assert content_of(slow) == "Hi there end"
+
+
+def test_the_transform_set_aside_learns_where_the_text_started():
+    # Whitespace only, then a leading block: the whitespace after it goes. Text, then a block:
+    # the whitespace after it stays. Either way the block comes after pieces it was not fed.
+    for contents, expected in ((["  ", "\n", "<think>x</think>", "\n\nHi"], "  \nHi"),
+                               (["Hi", " ", "<think>x</think>", "\n\nthere"], "Hi \n\nthere")):
+        data = chat_stream(contents)
+        rw = SSEStreamRewriter([ThinkTransform("strip")])
+        out = b"".join(rw.feed(p) for p in re.split(b"(?<=\n\n)", data)) + rw.close()
+        assert content_of(out) == expected
+        assert out == byte_by_byte(data, [ThinkTransform("strip")])
