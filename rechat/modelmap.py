@@ -351,10 +351,15 @@ class ModelRestore:
     def feed_raw_events(self, events: bytes, count: int) -> bytes | None:
         """`feed_raw` over `count` whole SSE events ``data: X\\n\\n`` side by side, in one go:
         the events with every X renamed, when each X starts with the bytes of a chunk already
-        renamed and holds no other ``"model"``; else None (take them one by one)."""
+        renamed (or of the first X, located then) and holds no other ``"model"``; else None
+        (take them one by one). Every event is then an object: never ``[DONE]``."""
         memo = self._memo
         if memo is None:
-            return None
+            # Locate the model in the first event (feed_raw keeps where it is for the rest).
+            end = events.find(b"\n\n")
+            if end < 6 or self.feed_raw(events[6:end]) is None or self._memo is None:
+                return None
+            memo = self._memo
         head, new, cut = memo
         old = b"data: " + head
         # Each blank line but the last is "}\n\n" + `old` and the first event starts with it:

@@ -17,7 +17,8 @@ decoding and re-encoding: ``passes(raw, whole) -> bool`` (True: every object in 
 `raw` passes unchanged) and ``feed_raw(raw, whole) -> bytes | None`` (the JSON bytes `feed`
 would turn the one object `raw` into, as a single object and without any change of state;
 None: decode and `feed`), ``feed_raw_events(events, count) -> bytes | None``, the same over
-several whole SSE events, and ``raw_rule() -> (stops, head, new_head, tail_stops, cut) |
+several whole SSE events (a transform's own must decline unless every event is an object
+it has taken, never a ``[DONE]``), and ``raw_rule() -> (stops, head, new_head, tail_stops, cut) |
 None``: while the state stays as it is, the JSON bytes of an object that start with `head`,
 hold none of `stops`, none of `tail_stops` after `head` and end with ``}`` turn into
 `new_head` + the rest (None: no rule now); `cut` is 0, or where the two heads start to differ
@@ -135,7 +136,9 @@ def _raw_events_of(t: ObjectTransform):
     passes = getattr(t, "passes", None)
     if passes is None:
         return lambda events, count: None
-    return lambda events, count: events if passes(events) else None
+    # A [DONE] among the events must end the transforms first: take them one by one then.
+    return lambda events, count: (events if events.find(b"[DONE]") < 0 and passes(events)
+                                  else None)
 
 
 def _dumps(obj: Any) -> bytes:
@@ -408,14 +411,17 @@ class SSEStreamRewriter:
             whole = self._bulk(plan, head, count)
             if whole is not None:
                 return whole
-        if head.find(b"[DONE]") < 0:
-            new = head
+        # A last [DONE] ends the transforms after the events before it (as the loop below).
+        done = head.endswith(b"data: [DONE]\n\n")
+        new, n = (head[:-14], count - 1) if done else (head, count)
+        if n:
             for many in self._many:
-                new = many(new, count)
+                new = many(new, n)
                 if new is None:
                     break
             else:
-                return new
+                return new + (b"" if self._ended or not done else self._end()) + (
+                    b"data: [DONE]\n\n" if done else b"")
         out = []
         values = head[6:-2].split(b"\n\ndata: ")
         pos, tries = 0, 2  # pos: where the next event starts in head

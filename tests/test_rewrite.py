@@ -376,3 +376,18 @@ def test_the_transform_set_aside_learns_where_the_text_started():
         out = b"".join(rw.feed(p) for p in re.split(b"(?<=\n\n)", data)) + rw.close()
         assert content_of(out) == expected
         assert out == byte_by_byte(data, [ThinkTransform("strip")])
+
+
+def test_a_done_between_events_of_one_piece_ends_the_transforms_there():
+    # [DONE] ends the think rewrite (its choices start afresh), even with events after it in
+    # the same piece: a leading block after it then drops the whitespace that follows it.
+    first = sse([chunk({"role": "assistant", "content": ""}), chunk({"content": "<think>a</think>Hi"})],
+                done=False)
+    middle = sse([chunk({"content": " b"})]) + sse([chunk({"content": " "})], done=False)
+    last = sse([chunk({"content": "<think>x</think>\n\nthere"}), chunk({}, "stop")], done=False)
+    for make in (FUSED_CHAINS["strip"], FUSED_CHAINS["strip+restore"]):
+        slow = byte_by_byte(first + middle + last, make())
+        assert content_of(slow).endswith(" b there")
+        rw = SSEStreamRewriter(make())
+        assert rw.feed(first) + rw.feed(middle) + rw.feed(last) + rw.close() == slow
+        assert relayed([first, middle, last], make()) == slow
