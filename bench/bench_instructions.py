@@ -16,7 +16,16 @@ one iteration without the interpreter's start-up.
     gateway-stream-whole  the same answer in one piece
     sse-parse             SSEParser over that answer, an event at a time
 
+`--servers` counts whole servers instead, as bench_gateway.py runs them: the bare upstream on
+127.0.0.1, then `rechat passthrough` plain and as the gateway (two routes, a renamed model
+restored in answers, --think strip), each under valgrind, answering `--server-requests` and
+then five times as many requests over one connection; the difference per request is the
+server's instructions for one request, everything included (HTTP, the relay, the rewrite).
+It prints plain, gateway and their ratio for the JSON answer and the stream: issue 5's ratio
+without the machine's noise (but counting instructions, not time). Takes a few minutes.
+
     .venv/bin/python bench/bench_instructions.py [--workload NAME ...] [--number 200]
+    .venv/bin/python bench/bench_instructions.py --servers [--server-requests 100]
 
 Needs valgrind (Debian: `apt-get install valgrind`). Exits 0, or 1 when valgrind is missing
 or a run failed.
@@ -70,12 +79,91 @@ def count(name: str, n: int) -> int:
     return int(m.group(1).replace(",", ""))
 
 
+def server_count(argv: list[str], stream: bool, n: int, tmp: str) -> int:
+    """Instructions valgrind counts for a rechat server (`argv` after ``-m rechat``) that
+    starts, answers `n` requests of bench_proxy.REQUEST over one connection and stops."""
+    import asyncio
+    import signal
+    import time
+    import bench_proxy as bp
+
+    port = bp.free_port()
+    proc = subprocess.Popen(["valgrind", "--tool=cachegrind", "--cache-sim=no",
+                             "--cachegrind-out-file=/dev/null", bp.PY, "-m", "rechat", *argv,
+                             "--port", str(port), "--no-ui", "--no-dump", "--quiet",
+                             "--sessions", os.path.join(tmp, "s")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                asyncio.run(bp.load(port, bp.build_request(port, dict(bp.REQUEST, stream=stream)),
+                                    1, 1, 60, timeout_s=60))
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"rechat {' '.join(argv)} did not start under valgrind")
+                time.sleep(0.5)
+        ph = asyncio.run(bp.load(port, bp.build_request(port, dict(bp.REQUEST, stream=stream)),
+                                 1, n, 600, timeout_s=60))
+        if ph.done != n or ph.errors:
+            raise RuntimeError(f"{ph.done} of {n} requests answered, {ph.errors} errors")
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=300)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    m = re.search(r"I\s+refs:\s+([\d,]+)", err)
+    if m is None:
+        raise RuntimeError(f"valgrind printed no count:\n{err[-2000:]}")
+    return int(m.group(1).replace(",", ""))
+
+
+def servers(n: int) -> int:
+    """The `--servers` run (module docstring)."""
+    import tempfile
+    import bench_proxy as bp
+
+    tmp = tempfile.mkdtemp(prefix="rechat-bench-ir-")
+    bare_port = bp.free_port()
+    bare = bp.Server("bare", [bp.PY, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                  "bench_proxy.py"), "--bare-server",
+                              str(bare_port)], bare_port, tmp).start()
+    up = f"http://{bp.HOST}:{bare_port}/v1"
+    configs = {"plain": ["passthrough", up],
+               "gateway": ["passthrough", f"{up}::gpt-4o-mini,llama3", f"{up}::other",
+                           "--model-map", '{"/gpt-4o-.*/": "llama3"}', "--restore-model",
+                           "--think", "strip"]}
+    try:
+        for stream in (False, True):
+            per = {}
+            for name, argv in configs.items():
+                short = server_count(argv, stream, n, tmp)
+                long = server_count(argv, stream, 6 * n, tmp)
+                per[name] = (long - short) / (5 * n) / 1000
+                print(f"{name:<8} {'stream' if stream else 'json':<7} {per[name]:8.1f} k "
+                      "instructions per request (the whole server)", flush=True)
+            print(f"gateway / plain, {'stream' if stream else 'json'}: "
+                  f"{per['gateway'] / per['plain']:.3f}", flush=True)
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        print(e, file=sys.stderr)
+        return 1
+    finally:
+        bare.stop()
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", action="append", choices=WORKLOADS,
                     help="which (repeatable; default: all)")
     ap.add_argument("--number", type=int, default=200,
                     help="iterations of the short run (the long one runs 6 times as many)")
+    ap.add_argument("--servers", action="store_true",
+                    help="count whole servers, plain and gateway (module docstring)")
+    ap.add_argument("--server-requests", type=int, default=100,
+                    help="requests of the short server run (the long one answers 6 times as many)")
     ap.add_argument("--run", nargs=2, help=argparse.SUPPRESS)  # internal: the counted run
     args = ap.parse_args()
     if args.run:
@@ -84,6 +172,8 @@ def main() -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 1
+    if args.servers:
+        return servers(args.server_requests)
     n = args.number
     for name in args.workload or WORKLOADS:
         try:
