@@ -142,7 +142,7 @@ class Gateway:
             served = s.model_map.resolve(asked)
             if served == asked:
                 return Outbound(req.body, asked, served)
-            raw = rewrite_request_bytes(req.body, asked, served)
+            raw = rewrite_request_bytes(req.body, asked, served, decoded=True)
             if raw is None:
                 raw = json.dumps({**req.json, "model": served}, ensure_ascii=False).encode()
             return Outbound(raw, asked, served)
@@ -154,7 +154,7 @@ class Gateway:
         if new is body:
             return Outbound(req.body, asked, served)
         if new is mapped and asked is not None and served is not None:
-            raw = rewrite_request_bytes(req.body, asked, served)
+            raw = rewrite_request_bytes(req.body, asked, served, decoded=True)
             if raw is not None:
                 return Outbound(raw, asked, served)
         return Outbound(json.dumps(new, ensure_ascii=False).encode(), asked, served)

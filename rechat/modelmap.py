@@ -269,18 +269,33 @@ def _encode(name: str) -> bytes:
     return json.dumps(name, ensure_ascii=False).encode("utf-8")
 
 
-def rewrite_request_bytes(raw: bytes, asked: str, served: str) -> bytes | None:
+def rewrite_request_bytes(raw: bytes, asked: str, served: str,
+                          decoded: bool = False) -> bytes | None:
     """Return the JSON request body `raw` with its top-level ``"model": asked`` reading `served`.
 
     Only the value's bytes change (the rest keeps the client's own spelling); None when the
     bytes do not say unambiguously where that value is, or it is not spelled as
     ``json.dumps(asked, ensure_ascii=False)`` would (the caller then re-encodes the decoded
-    body). `raw` must be the bytes the body `{"model": asked, ...}` was decoded from.
+    body). `decoded`: the caller has decoded `raw` into an object whose top-level ``model``
+    is `asked` (the gateway has, for `Request.shape`): then a body holding ``"model"`` once
+    needs no work on its nesting, which for a long conversation before the key (as SDKs
+    send it) costs several times the decoding.
     """
-    span = _model_span(raw)
-    if span is None or span is _ABSENT:
-        return None
-    start, end = span
+    i = raw.find(_KEY) if decoded else -1
+    if (i >= 0 and raw.find(_KEY, i + 7) < 0
+            and not (raw.find(b"\\") >= 0 and raw.find(b"\\u") >= 0
+                     and _ESCAPED_KEY_CHAR.search(raw))):
+        # The decoded body has a top-level "model", and no key is spelled with escapes: its
+        # bytes are the one ``"model"`` there is.
+        m = _KEY_AND_VALUE.match(raw, i)
+        if m is None:
+            return None  # an escaped value, or not a string
+        start, end = m.start(1) - 1, m.end(1)
+    else:
+        span = _model_span(raw)
+        if span is None or span is _ABSENT:
+            return None
+        start, end = span
     if raw[start:end + 1] != _encode(asked):
         return None
     return raw[:start] + _encode(served) + raw[end + 1:]

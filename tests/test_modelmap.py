@@ -151,12 +151,28 @@ REQ = {"messages": [{"role": "user", "content": 'Set "model": "gpt-4" in {"model
     lambda b: json.dumps(b, indent=2),                          # newlines
     lambda b: json.dumps(b).replace('"model": "gpt-4", "stream"', '"model"\t :\r\n "gpt-4" , "stream"'),
 ])
-def test_request_bytes_rename_only_the_top_level_model(dumps):
+@pytest.mark.parametrize("decoded", [False, True])
+def test_request_bytes_rename_only_the_top_level_model(dumps, decoded):
     raw = dumps(REQ).encode()
-    out = rewrite_request_bytes(raw, "gpt-4", "llama3-70b")
+    out = rewrite_request_bytes(raw, "gpt-4", "llama3-70b", decoded=decoded)
     assert out is not None
     assert json.loads(out) == {**REQ, "model": "llama3-70b"}  # content and nested untouched
     assert out.replace(b'"llama3-70b"', b'"gpt-4"') == raw    # nothing else re-spelled
+
+
+@pytest.mark.parametrize("body", [
+    # As SDKs send it: the conversation first, with quotes, braces and the word in the text.
+    {"messages": [{"role": "user", "content": 'Say \"model\" {"a": [1]} ' * 50}] * 20,
+     "model": "gpt-4", "stream": True},
+    {"model": "gpt-4", "messages": [{"role": "model", "content": "x"}]},  # a value, not a key
+    {"messages": [], "model": "gpt-4", "tools": [{"name": "t", "parameters": {"model": 1}}]},
+])
+def test_request_bytes_rename_of_a_decoded_body(body):
+    raw = json.dumps(body).encode()
+    out = rewrite_request_bytes(raw, "gpt-4", "llama3-70b", decoded=True)
+    assert out == rewrite_request_bytes(raw, "gpt-4", "llama3-70b")
+    assert out is not None and json.loads(out) == {**body, "model": "llama3-70b"}
+    assert out.replace(b'"llama3-70b"', b'"gpt-4"') == raw
 
 
 @pytest.mark.parametrize("raw", [
