@@ -312,7 +312,8 @@ class SSEStreamRewriter:
         self._update_plan()
 
     def _update_plan(self) -> None:
-        plan = self._plan = (None if self._partial or self._block or self._closed
+        # After [DONE] (the stream's end, as a rule) no plan is worked out for what follows.
+        plan = self._plan = (None if self._partial or self._block or self._closed or self._ended
                              else self._make_plan())
         if plan is not None:
             stops, head, new, tail, old, fresh = plan
