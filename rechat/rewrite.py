@@ -242,21 +242,15 @@ class SSEStreamRewriter:
         is made of, when the caller's SSE parser has found so (`rechat.sse.SSEParser.whole`),
         else 0; it spares the rewriter framing the piece again.
         """
-        if self._aside is not None:
-            for stop in self._aside_stops:
-                if data.find(stop) >= 0:
-                    self._settle()
-                    break
-            else:
-                if self._aside_escape and data.find(b"\\") >= 0 and data.find(b"\\u") >= 0:
-                    self._settle()
-                else:
-                    self._history.append(data)
         plan = self._plan
         if plan is not None:
+            # While a transform is set aside, the plan's stops include its own: a piece that
+            # passes has nothing for it either.
             if whole > 1:
                 out = self._bulk(plan, data, whole)
                 if out is not None:
+                    if self._aside is not None:
+                        self._history.append(data)
                     return out
             elif (data.startswith(plan[1]) and (whole or (
                     data.endswith(b"}\n\n") and data.find(b"\n") == len(data) - 2))):
@@ -273,7 +267,19 @@ class SSEStreamRewriter:
                         if data.find(stop, n) >= 0:
                             break
                     else:
+                        if self._aside is not None:
+                            self._history.append(data)
                         return data if new is None else new + data[n:]
+        if self._aside is not None:
+            for stop in self._aside_stops:
+                if data.find(stop) >= 0:
+                    self._settle()
+                    break
+            else:
+                if self._aside_escape and data.find(b"\\") >= 0 and data.find(b"\\u") >= 0:
+                    self._settle()
+                else:
+                    self._history.append(data)
         if self._closed:
             raise ValueError("SSEStreamRewriter.feed() called after close()")
         if not data:
@@ -333,7 +339,9 @@ class SSEStreamRewriter:
         """
         if self._first_line:
             return None
-        stops: list[bytes] = [b"\r"]
+        stops: list[bytes] = [b"\r", *self._aside_stops]
+        if self._aside_escape:
+            stops.append(b"\\u")
         head, new, cut = b"", None, 0
         tail: tuple[bytes, ...] = ()
         for t in self.transforms:
