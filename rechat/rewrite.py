@@ -276,8 +276,9 @@ class SSEStreamRewriter:
                     self._settle()
                     break
             else:
-                if self._aside_escape and data.find(b"\\") >= 0 and data.find(b"\\u") >= 0:
-                    self._settle()
+                if self._aside_escape and data.find(b"\\") >= 0 and (
+                        data.find(b"\\u") >= 0 or data[-1:] == b"\\"):
+                    self._settle()  # (a \\u split between pieces: the first ends in \\)
                 else:
                     self._history.append(data)
         if self._closed:

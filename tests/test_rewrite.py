@@ -364,6 +364,13 @@ def test_a_marker_spelled_with_escapes_ends_the_set_aside(chain):
     assert run_sse(data, [], transforms=make()) == slow
     if chain != "tags+restore":
         assert content_of(slow) == "Hi there end"
+    # One escaped marker, never closed: a piece may end between its backslash and its u.
+    data = chat_stream(["Hi", " there", "<think>x", " end"]).replace(b"<think>", b"\\u003cthink>")
+    slow = byte_by_byte(data, make())
+    if chain != "tags+restore":
+        assert content_of(slow) == "Hi there"
+    for i in range(1, len(data)):
+        assert run_sse(data, [i], transforms=make()) == slow, i
 
 
 def test_the_transform_set_aside_learns_where_the_text_started():
