@@ -22,7 +22,7 @@ ASKED = b'"model": "gpt-4o-mini"'
 
 def floor_rewrite(data: bytes) -> bytes:
     """The least work on one piece: two one-byte searches and one replace."""
-    if b"<" in data or b"\\" in data:
+    if data.find(b"<") >= 0 or data.find(b"\\") >= 0:  # (find: cheaper than `in` on bytes)
         return data  # (a real rewrite would go the slow way here; never in the bench)
     return data.replace(SERVED, ASKED)
 
@@ -30,7 +30,7 @@ def floor_rewrite(data: bytes) -> bytes:
 class FloorStream:
     """Stands for `SSEStreamRewriter`: `floor_rewrite` per piece, nothing held."""
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes, whole: int = 0) -> bytes:
         return floor_rewrite(data)
 
     def close(self) -> bytes:
