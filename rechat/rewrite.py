@@ -22,9 +22,12 @@ it has taken, never a ``[DONE]``), and ``raw_rule() -> (stops, head, new_head, t
 None``: while the state stays as it is, the JSON bytes of an object that start with `head`,
 hold none of `stops`, none of `tail_stops` after `head` and end with ``}`` turn into
 `new_head` + the rest (None: no rule now); `cut` is 0, or where the two heads start to differ
-and `head[cut:]` holds a tail stop that `head` holds once. A transform without `feed_raw` is fed decoded objects; one
-whose `feed_raw` declines is fed the decoded object, and the transforms after it go on with
-the bytes while it returns the object unchanged.
+and `head[cut:]` holds a tail stop that `head` holds once. ``deferral_stops() -> (stops,
+escape) | None``: while fresh, a transform whose stream holds none of these bytes (nor a
+``\\u`` escape, with `escape`) may be fed it later (`SSEStreamRewriter`'s set-aside). A
+transform without `feed_raw` is fed decoded objects; one whose `feed_raw` declines is fed the
+decoded object, and the transforms after it go on with the bytes while it returns the object
+unchanged.
 
 Hot paths test bytes with ``find() >= 0`` rather than ``in``: CPython 3.11's bytes ``in``
 first tries its operand as an integer and formats a TypeError it then drops (about 1,000
@@ -216,14 +219,15 @@ class SSEStreamRewriter:
         self._history: list[bytes] = []
         stops_of = (getattr(self.transforms[0], "deferral_stops", None)
                     if defer and self.transforms else None)
-        stops = stops_of() if stops_of is not None else None
-        if stops is not None:
-            self._aside = self.transforms.pop(0)
-            self._aside_stops = tuple(x for x in stops if x != b"\\u")
-            self._aside_escape = len(self._aside_stops) < len(stops)
-            if any(len(x) != 1 for x in self._aside_stops):
-                self.transforms.insert(0, self._aside)  # only one-byte stops are looked for
-                self._aside = None
+        got = stops_of() if stops_of is not None else None
+        if got is not None:
+            stops, escape = got
+            for x in stops:
+                if len(x) != 1:
+                    break  # a stop split between pieces would show in neither: one byte only
+            else:
+                self._aside = self.transforms.pop(0)
+                self._aside_stops, self._aside_escape = stops, escape
         self._many = [_raw_events_of(t) for t in self.transforms]  # see _feed_events
         self._block: list[bytes] = []  # complete lines of the current block
         self._partial: list[bytes] = []  # an unterminated line, or one ending in CR

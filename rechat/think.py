@@ -304,9 +304,10 @@ class ThinkTransform:
         """False in keep mode, where every object passes unchanged."""
         return self.mode is not ThinkMode.KEEP
 
-    def deferral_stops(self) -> tuple[bytes, ...] | None:
-        """While nothing has been fed: the byte strings (a marker's first character, ``\\u``)
-        without which a stream's bytes hold no object this transform would change; else None.
+    def deferral_stops(self) -> tuple[tuple[bytes, ...], bool] | None:
+        """While nothing has been fed: ``(firsts, True)``, the encoded first characters of the
+        markers, and that a ``\\u`` escape (which could spell one) counts too: without them a
+        stream's bytes hold no object this transform would change; else None.
 
         Until an object holding one of them comes, every object passes unchanged, and feeding
         them all later, in order, leaves the state feeding them now would have (no marker can
@@ -318,7 +319,7 @@ class ThinkTransform:
         if (self.mode is ThinkMode.KEEP or self._rw or self._template is not None
                 or self._template_raw is not None):
             return None
-        return (b"\\u", *self._firsts)
+        return self._firsts, True
 
     def passes(self, raw: bytes, whole: bool = False) -> bool:
         """True when the object encoded as `raw` (its JSON bytes) would pass unchanged.
