@@ -315,6 +315,7 @@ class SSEStreamRewriter:
         (its output is theirs, unchanged: they hold none of its stops), which leaves it as the
         general path would have, at the same event boundary (both frame alike)."""
         aside, self._aside = self._aside, None
+        self._aside_stops, self._aside_escape = (), False  # its own rule has them now
         if self._history:
             SSEStreamRewriter([aside], defer=False).feed(b"".join(self._history))
             self._history.clear()
