@@ -509,7 +509,7 @@ class SSEStreamRewriter:
         """End the stream; return the remaining bytes for the client."""
         if self._closed:
             return b""
-        self._closed = True
+        self._closed, self._plan = True, None  # no fast path past the end: feed() raises
         # A transform still set aside has seen nothing that concerns it: it holds nothing, and
         # its end() would add nothing.
         out = b""

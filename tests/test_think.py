@@ -382,6 +382,16 @@ def test_sse_feed_after_close_raises():
     with pytest.raises(ValueError):
         rw.feed(b"x")
     assert rw.close() == b""
+    # Also once the fused fast paths are in force (a plan made from earlier events).
+    events = re.split(b"(?<=\n\n)", chat_stream(["Hi", " there", " you"], done=False))
+    rw = SSEStreamRewriter([ThinkTransform("strip")])
+    for e in events[:3]:
+        rw.feed(e)
+    assert rw._plan is not None
+    rw.close()
+    for piece, whole in ((events[3], 0), (events[3], 1), (events[3] + events[4], 2)):
+        with pytest.raises(ValueError):
+            rw.feed(piece, whole)
 
 
 def test_sse_unterminated_final_event_is_passed_after_flushed_text():
