@@ -6,8 +6,9 @@ bodies (`rewrite_json`), ``text/event-stream`` chunk streams (`SSEStreamRewriter
 WHATWG HTML 9.2.6) and newline-delimited JSON streams (`NDJSONStreamRewriter`, Ollama). What
 is not an answer object passes through byte for byte, and so does every object the
 transforms leave unchanged. Sessions keep the upstream's raw answer: this runs only on the way
-to the client. Pure and stdlib only: must not import aiohttp, nor any rechat module (the
-transforms are duck-typed, so that modules need not import each other).
+to the client. Pure and stdlib only: must not import aiohttp, nor any rechat module but
+`sse`, whose framing it shares (the transforms are duck-typed, so that modules need not
+import each other).
 
 The object-transform protocol: ``feed(obj) -> list[dict]`` returns the objects to emit for
 `obj`: the last one stands for `obj` itself (the same object when unchanged), any before it
@@ -38,6 +39,8 @@ from __future__ import annotations
 
 import json
 from typing import Any, Protocol, Sequence
+
+from rechat.sse import whole_data_lines
 
 __all__ = ["ObjectTransform", "rewrite_json", "SSEStreamRewriter", "NDJSONStreamRewriter",
            "stream_rewriter"]
@@ -410,14 +413,10 @@ class SSEStreamRewriter:
             if cut < 2 or not data.startswith(b"data: ") or data.find(b"\r") >= 0:
                 return None
             head = data[:cut] if cut < len(data) else data
-            # Split at each blank line, whole one-line events are their lines: each part
-            # starts with ``data: `` (one at the start plus one per ``\n\ndata: ``, whose
-            # occurrences cannot overlap) and holds no LF (one memchr over the parts joined:
-            # counting LFs is a byte-at-a-time loop in CPython).
-            parts = head[:-2].split(b"\n\n")
-            count = head.count(b"\n\ndata: ") + 1
-            if count != len(parts) or b"".join(parts).find(b"\n") >= 0:
+            lines = whole_data_lines(head)
+            if lines is None:
                 return None
+            count = len(lines)
             if cut < len(data):
                 self._partial.append(data[cut:])
         self._first_line = False  # data: starts the stream's first line, so no BOM

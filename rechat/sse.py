@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DONE", "SSEEvent", "SSEParser", "encode_event"]
+__all__ = ["DONE", "SSEEvent", "SSEParser", "encode_event", "whole_data_lines"]
 
 DONE = b"data: [DONE]\n\n"
 """The sentinel SSE event that ends an OpenAI chunk stream."""
@@ -55,6 +55,23 @@ class SSEEvent:
     def is_done(self) -> bool:
         """True for OpenAI's end-of-stream sentinel (``data: [DONE]``)."""
         return self.data == "[DONE]"
+
+
+def whole_data_lines(data: bytes) -> list[bytes] | None:
+    """The lines of `data` when it is made of whole one-line events ``data: X\n\n`` and
+    nothing else, one per event without its blank line; None otherwise. The caller has
+    checked that `data` starts with ``data: ``, ends with a blank line and holds no CR.
+
+    Split at each blank line, such a piece is its events' lines: each part starts with
+    ``data: `` (the events are one at the start plus one per ``\n\ndata: ``, whose
+    occurrences cannot overlap) and holds no LF. The LF test is one memchr over the joined
+    parts: counting LFs is a byte-at-a-time loop in CPython, several times the cost. Shared
+    by `SSEParser`'s fast path and `rechat.rewrite.SSEStreamRewriter`'s.
+    """
+    parts = data[:-2].split(b"\n\n")
+    if b"".join(parts).find(b"\n") >= 0 or data.count(b"\n\ndata: ") + 1 != len(parts):
+        return None
+    return parts
 
 
 class SSEParser:
@@ -166,14 +183,10 @@ class SSEParser:
         starts with ``data: `` and ends with a blank line), as OpenAI streams arrive: their
         events, as `_parse` would give them; None when `data` is anything else.
 
-        Split at each blank line, such a piece is its events' lines: each part starts with
-        ``data: `` (the events are one at the start plus one per ``\n\ndata: ``, whose
-        occurrences cannot overlap) and holds no LF. No BOM can be first (the piece starts
-        with ``data: ``). The LF test is one memchr over the joined parts: counting LFs is a
-        byte-at-a-time loop in CPython, several times the cost.
+        No BOM can be first (the piece starts with ``data: ``).
         """
-        parts = data[:-2].split(b"\n\n")
-        if b"".join(parts).find(b"\n") >= 0 or data.count(b"\n\ndata: ") + 1 != len(parts):
+        parts = whole_data_lines(data)
+        if parts is None:
             return None
         self._first_line = False
         last_id = self.last_event_id
