@@ -305,7 +305,7 @@ class SSEStreamRewriter:
                 self._update_plan()
                 return out
             if whole:
-                out = self._feed_events(data, whole)
+                out = self._feed_events(data, whole, plan if whole > 1 else None)
                 self._update_plan()
                 return out
         out = self._feed(bytes(data))
@@ -401,11 +401,12 @@ class SSEStreamRewriter:
             partial.clear()
         return self._lines(data, final=False)
 
-    def _feed_events(self, data: bytes, count: int = 0) -> bytes | None:
+    def _feed_events(self, data: bytes, count: int = 0, tried: _Plan | None = None
+                     ) -> bytes | None:
         """The fast path (class docstring) for `data` arriving with nothing held; None when
         `data` is not whole ``data: X\n\n`` events (the general path then frames it).
         `count`: how many whole one-line events `data` is known to be (`feed`'s `whole`), or 0
-        to find out."""
+        to find out; `tried`: a plan `_bulk` has already declined them under (`feed`)."""
         if count:
             head = data
         else:
@@ -421,7 +422,7 @@ class SSEStreamRewriter:
                 self._partial.append(data[cut:])
         self._first_line = False  # data: starts the stream's first line, so no BOM
         plan = self._make_plan()
-        if plan is not None:
+        if plan is not None and plan != tried:
             whole = self._bulk(plan, head, count)
             if whole is not None:
                 return whole
