@@ -24,8 +24,17 @@ server's instructions for one request, everything included (HTTP, the relay, the
 It prints plain, gateway and their ratio for the JSON answer and the stream: issue 5's ratio
 without the machine's noise (but counting instructions, not time). Takes a few minutes.
 
+`--log` counts what the request log costs a replay, as bench_log.py runs it: `rechat replay`
+of a recorded answer with `--no-ui` (no log) and with `--log-db FILE` (the UI and the log),
+JSON and stream. Each server first answers `--server-requests` x 3 requests and is given 6 s
+(the log's longest wait, `max_delay_s`, is 5 s), so that both runs have the log open, its
+statements prepared and a batch written before the counted requests; then as `--servers`.
+The count takes in the writer thread and SQLite; it leaves out what the hand-overs of the
+GIL between the two threads cost in time. Issue 4's ratio without the machine's noise.
+
     .venv/bin/python bench/bench_instructions.py [--workload NAME ...] [--number 200]
     .venv/bin/python bench/bench_instructions.py --servers [--server-requests 100]
+    .venv/bin/python bench/bench_instructions.py --log [--server-requests 100]
 
 Needs valgrind (Debian: `apt-get install valgrind`). Exits 0, or 1 when valgrind is missing
 or a run failed.
@@ -79,9 +88,11 @@ def count(name: str, n: int) -> int:
     return int(m.group(1).replace(",", ""))
 
 
-def server_count(argv: list[str], stream: bool, n: int, tmp: str) -> int:
+def server_count(argv: list[str], stream: bool, n: int, tmp: str, warm: int = 1,
+                 settle_s: float = 0.0) -> int:
     """Instructions valgrind counts for a rechat server (`argv` after ``-m rechat``) that
-    starts, answers `n` requests of bench_proxy.REQUEST over one connection and stops."""
+    starts, answers `warm` requests of bench_proxy.REQUEST, idles `settle_s` s, answers `n`
+    more over one connection and stops."""
     import asyncio
     import signal
     import time
@@ -90,22 +101,23 @@ def server_count(argv: list[str], stream: bool, n: int, tmp: str) -> int:
     port = bp.free_port()
     proc = subprocess.Popen(["valgrind", "--tool=cachegrind", "--cache-sim=no",
                              "--cachegrind-out-file=/dev/null", bp.PY, "-m", "rechat", *argv,
-                             "--port", str(port), "--no-ui", "--no-dump", "--quiet",
-                             "--sessions", os.path.join(tmp, "s")],
+                             "--port", str(port), "--no-dump", "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp)
+    raw = bp.build_request(port, dict(bp.REQUEST, stream=stream))
     try:
         deadline = time.monotonic() + 300
         while True:
             try:
-                asyncio.run(bp.load(port, bp.build_request(port, dict(bp.REQUEST, stream=stream)),
-                                    1, 1, 60, timeout_s=60))
+                asyncio.run(bp.load(port, raw, 1, 1, 60, timeout_s=60))
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"rechat {' '.join(argv)} did not start under valgrind")
                 time.sleep(0.5)
-        ph = asyncio.run(bp.load(port, bp.build_request(port, dict(bp.REQUEST, stream=stream)),
-                                 1, n, 600, timeout_s=60))
+        if warm > 1:
+            asyncio.run(bp.load(port, raw, 1, warm - 1, 600, timeout_s=60))
+        time.sleep(settle_s)
+        ph = asyncio.run(bp.load(port, raw, 1, n, 600, timeout_s=60))
         if ph.done != n or ph.errors:
             raise RuntimeError(f"{ph.done} of {n} requests answered, {ph.errors} errors")
         proc.send_signal(signal.SIGTERM)
@@ -131,10 +143,11 @@ def servers(n: int) -> int:
                                                   "bench_proxy.py"), "--bare-server",
                               str(bare_port)], bare_port, tmp).start()
     up = f"http://{bp.HOST}:{bare_port}/v1"
-    configs = {"plain": ["passthrough", up],
+    common = ["--no-ui", "--sessions", os.path.join(tmp, "s")]
+    configs = {"plain": ["passthrough", up, *common],
                "gateway": ["passthrough", f"{up}::gpt-4o-mini,llama3", f"{up}::other",
                            "--model-map", '{"/gpt-4o-.*/": "llama3"}', "--restore-model",
-                           "--think", "strip"]}
+                           "--think", "strip", *common]}
     try:
         for stream in (False, True):
             per = {}
@@ -154,6 +167,43 @@ def servers(n: int) -> int:
     return 0
 
 
+def log_servers(n: int) -> int:
+    """The `--log` run (module docstring)."""
+    import tempfile
+    import bench_proxy as bp
+
+    tmp = tempfile.mkdtemp(prefix="rechat-bench-ir-")
+    bare_port = bp.free_port()
+    bare = bp.Server("bare", [bp.PY, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                  "bench_proxy.py"), "--bare-server",
+                              str(bare_port)], bare_port, tmp).start()
+    try:
+        folders = {s: bp.record_fixture(tmp, bare_port, s, tmp) for s in (False, True)}
+    except RuntimeError as e:
+        print(e, file=sys.stderr)
+        return 1
+    finally:
+        bare.stop()
+    try:
+        for stream, folder in folders.items():
+            per = {}
+            for name, extra in (("off", ["--no-ui"]),
+                                ("on", ["--log-db", os.path.join(tmp, "log.sqlite")])):
+                argv = ["replay", folder, "--no-watch", *extra]
+                short = server_count(argv, stream, n, tmp, warm=3 * n, settle_s=6)
+                long = server_count(argv, stream, 6 * n, tmp, warm=3 * n, settle_s=6)
+                per[name] = (long - short) / (5 * n) / 1000
+                print(f"log {name:<4} {'stream' if stream else 'json':<7} {per[name]:8.1f} k "
+                      "instructions per replayed request (the whole server)", flush=True)
+            print(f"log on / off, {'stream' if stream else 'json'}: "
+                  f"{per['on'] / per['off']:.3f} (the log: {per['on'] - per['off']:.1f} k)",
+                  flush=True)
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        print(e, file=sys.stderr)
+        return 1
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", action="append", choices=WORKLOADS,
@@ -162,6 +212,8 @@ def main() -> int:
                     help="iterations of the short run (the long one runs 6 times as many)")
     ap.add_argument("--servers", action="store_true",
                     help="count whole servers, plain and gateway (module docstring)")
+    ap.add_argument("--log", action="store_true",
+                    help="count replay servers, log off and on (module docstring)")
     ap.add_argument("--server-requests", type=int, default=100,
                     help="requests of the short server run (the long one answers 6 times as many)")
     ap.add_argument("--run", nargs=2, help=argparse.SUPPRESS)  # internal: the counted run
@@ -174,6 +226,8 @@ def main() -> int:
         return 1
     if args.servers:
         return servers(args.server_requests)
+    if args.log:
+        return log_servers(args.server_requests)
     n = args.number
     for name in args.workload or WORKLOADS:
         try:

@@ -112,3 +112,24 @@ def test_a_live_viewer_gets_rows_within_flush_s_and_close_writes_the_rest(tmp_pa
     finally:
         lg.close()
     assert _rows_on_disk(lg.path) == 15
+
+
+def test_none_and_bytes_bind_as_null_and_blob_with_the_log_loaded():
+    # rechat.logdb registers sqlite3 adapters for None and bytes (a faster way to the same
+    # binding): every sqlite3 user in the process must still store NULL and the same BLOB.
+    import rechat.logdb  # noqa: F401  (the registration happens at import)
+
+    db = sqlite3.connect(":memory:")
+    try:
+        got = db.execute("SELECT typeof(?), ?, typeof(?), ?, typeof(?), ?",
+                         [None, None, b"\x00h\xff", b"\x00h\xff", b"", b""]).fetchone()
+        assert got == ("null", None, "blob", b"\x00h\xff", "blob", b"")
+        db.execute("CREATE TABLE t (a, b)")
+        db.executemany("INSERT INTO t VALUES (?, ?)", [(None, b"x"), (b"y", None)])
+        assert db.execute("SELECT typeof(a), a, typeof(b), b FROM t ORDER BY rowid").fetchall() \
+            == [("null", None, "blob", b"x"), ("blob", b"y", "null", None)]
+    finally:
+        db.close()
+    assert sqlite3.adapters[(type(None), sqlite3.PrepareProtocol)](None) is None
+    data = b"abc"
+    assert sqlite3.adapters[(bytes, sqlite3.PrepareProtocol)](data) is data
