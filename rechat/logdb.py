@@ -72,6 +72,7 @@ import re
 import sqlite3
 import threading
 import time
+from itertools import chain, groupby
 from typing import Any, Callable, Iterable
 
 from rechat.fingerprint import clean_query, is_secret_header, redact_headers
@@ -308,10 +309,27 @@ LIVE_ROW_COLUMNS = ROW_COLUMNS[:-2]
 assert SHAPE_COLUMNS[-2:] == ("req_headers", "req_body")
 assert ROW_COLUMNS[-2:] == ("resp_headers", "resp_body")
 assert sorted(("id",) + LIVE_SHAPE_COLUMNS + LIVE_ROW_COLUMNS) == sorted(LIST_COLUMNS)
+
+
+def _values(width: int, literals: str = "") -> str:
+    """One row of a multi-row INSERT: `literals` (SQL, with a trailing comma) then `width`
+    parameters."""
+    return "(" + literals + ", ".join("?" * width) + ")"
+
+
 _INSERT_SHAPES = (f"INSERT INTO shapes ({', '.join(SHAPE_COLUMNS)}) VALUES ",
-                  len(SHAPE_COLUMNS))
+                  _values(len(SHAPE_COLUMNS)))
 _INSERT_ROWS = (f"INSERT INTO log_rows ({', '.join(ROW_COLUMNS)}, shape) VALUES ",
-                len(ROW_COLUMNS) + 1)
+                _values(len(ROW_COLUMNS) + 1))
+# A replay's row, narrow: `run` and `kind` are written into the statement (RequestLog makes
+# it), and `detail`, `resp_headers` and `resp_body` left NULL (a replay has none). Each
+# parameter sqlite3 binds costs about 600 instructions, a NULL one about 1,600 (see
+# `_bind_none_and_bytes_directly`): the narrow row is a third cheaper to insert.
+_NARROW_COLUMNS = ROW_COLUMNS[1:3] + ROW_COLUMNS[4:13]
+assert ROW_COLUMNS[3] == "kind" and ROW_COLUMNS[13:] == ("detail", "resp_headers", "resp_body")
+_NARROW_WIDTH = len(_NARROW_COLUMNS) + 1  # and the shape's id
+assert _NARROW_WIDTH != len(ROW_COLUMNS) + 1  # the writer tells the two apart by width
+_NO_DETAIL = (None, None, None)  # a row's detail, resp_headers and resp_body, when narrow
 # A shape by content (`IS`: NULL is NULL), session and request body first (the index; only
 # shapes with a session are looked up, and `session = ?` lets SQLite use the partial index).
 _FIND_ORDER = ("session", "req_body") + tuple(c for c in SHAPE_COLUMNS
@@ -321,26 +339,27 @@ _FIND_SHAPE = ("SELECT id FROM shapes WHERE session = ? AND "
                + " AND ".join(f"{c} IS ?" for c in _FIND_ORDER[1:]) + " LIMIT 1")
 _SESSION_AT = SHAPE_COLUMNS.index("session")
 _KIND_AT = ROW_COLUMNS.index("kind")
-_INSERT_BODIES = ("INSERT OR IGNORE INTO bodies (hash, size, data) VALUES ", 3)
+_INSERT_BODIES = ("INSERT OR IGNORE INTO bodies (hash, size, data) VALUES ", _values(3))
 _CHUNKS = (256, 32, 4, 1)  # rows per statement; few distinct statements, all cached
 
 
-def _insert_many(db: sqlite3.Connection, insert: tuple[str, int], rows: list[tuple]) -> int:
+def _insert_many(db: sqlite3.Connection, insert: tuple[str, str], rows: list[tuple]) -> int:
     """Insert `rows` with multi-row INSERT statements; return the rowid of the last one.
 
+    `insert` is (the statement up to VALUES, one row's values as `_values` gives them).
     sqlite3 releases the GIL around every statement step and takes it back after: with
     `executemany` that is one hand-over per row, and each costs the event loop thread a
     forced switch. A statement of 256 rows is one hand-over for all of them.
     """
-    head, width = insert
+    head, values = insert
     i, n = 0, len(rows)
     last = 0
     for size in _CHUNKS:
         if n - i < size:
             continue
-        sql = head + ", ".join(["(" + ", ".join("?" * width) + ")"] * size)
+        sql = head + ", ".join([values] * size)
         while n - i >= size:
-            last = db.execute(sql, [v for row in rows[i:i + size] for v in row]).lastrowid
+            last = db.execute(sql, list(chain.from_iterable(rows[i:i + size]))).lastrowid
             i += size
     return last
 
@@ -573,7 +592,7 @@ def split_event(ev: Any, run: str, extra: dict | None = None, facts: dict | None
     kind = ev.kind
     req_hash = _request_hash(req.body) if req.body else None
     model, stream, prompt = _request_facts(req, req_hash)
-    ms = round(ev.ms, 3)
+    ms = _ms3(ev.ms)
     status = resp.status if resp is not None else (404 if kind == "miss" else None)
     req_headers = _request_headers(req.headers)
     resp_headers = None
@@ -610,7 +629,7 @@ def split_event(ev: Any, run: str, extra: dict | None = None, facts: dict | None
         keep_response = False  # the session holds it; the web API rebuilds it
     elif resp is not None and kind in ("record", "forward"):
         resp_bytes = len(resp_body)
-        ttfb = round(resp.ttfb_ms, 3) if resp.ttfb_ms else None
+        ttfb = _ms3(resp.ttfb_ms) if resp.ttfb_ms else None
         resp_headers = header_text(resp.headers)
         if ev.file:
             session = ev.file
@@ -654,6 +673,13 @@ def split_event(ev: Any, run: str, extra: dict | None = None, facts: dict | None
     # Tuples of atomic values only: the garbage collector stops tracking them, so rows waiting
     # in the queue (write-behind) add nothing to its collections.
     return shape, row, tuple(blobs)
+
+
+def _ms3(ms: float) -> float:
+    """`ms` (>= 0) to the microsecond: what `round(ms, 3)` gives but in the rare case of a
+    value a hair from a half (where the two may differ in the last digit), for half of its cost
+    (round with digits formats the float as text and reads it back: 3,000 instructions)."""
+    return int(ms * 1000.0 + 0.5) / 1000.0
 
 
 def _row(run: str, ev: Any, kind: str, status: int | None, score: float | None,
@@ -797,6 +823,9 @@ class RequestLog:
         self.max_delay_s = max_delay_s
         self.high_water = high_water
         self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        self._insert_narrow = (
+            f"INSERT INTO log_rows (run, kind, {', '.join(_NARROW_COLUMNS)}, shape) VALUES ",
+            _values(_NARROW_WIDTH, "'" + self.run.replace("'", "''") + "', 'replay', "))
         self.dropped = 0
         self.written = 0
         self.writer_cpu_s = 0.0  # CPU time the writer thread spent writing
@@ -896,14 +925,17 @@ class RequestLog:
 
     # The same request replayed from the same answer has the same shape: the second time on,
     # only the row's varying values are read from the event (what `split_event` gives, from a
-    # fifth of the work). Keyed by what the shape depends on: the answer and the request.
+    # fifth of the work). Keyed by what the shape depends on: the answer and the request. The
+    # headers are compared rather than hashed: they are new strings in every request, and
+    # hashing them cost twice what comparing them does (about 6,000 instructions for the 15
+    # headers of the openai client).
 
     @staticmethod
     def _replay_key(ev: Any) -> tuple | None:
         if ev.answer is None or getattr(ev, "similarity", None) is not None:
             return None  # fuzzy replays score each time
         req = ev.request
-        return (id(ev.answer), req.method, req.path, req.query, req.body, tuple(req.headers))
+        return (id(ev.answer), req.method, req.path, req.query, req.body)
 
     def _remember_replay(self, ev: Any, key: int, shape: tuple, blobs: tuple) -> None:
         ck = self._replay_key(ev)
@@ -912,17 +944,17 @@ class RequestLog:
             return
         if len(self._replays) >= 4096:
             self._replays.clear()
-        self._replays[ck] = (ev.answer, key, shape, blobs, f.sse_bytes)
+        self._replays[ck] = (ev.answer, key, shape, blobs, f.sse_bytes, ev.request.headers)
 
     def _replay_row(self, ev: Any) -> tuple | None:
         ck = self._replay_key(ev)
         got = self._replays.get(ck) if ck is not None else None
-        if got is None or got[0] is not ev.answer:
+        if got is None or got[0] is not ev.answer or got[5] != ev.request.headers:
             return None
-        _, key, shape, blobs, sse_bytes = got
+        _, key, shape, blobs, sse_bytes, _ = got
         resp = ev.response
         body = resp.body if resp is not None else b""
-        ms = round(ev.ms, 3)
+        ms = _ms3(ev.ms)
         pos = ev.position
         row = _row(self.run, ev, "replay", resp.status if resp is not None else None, 1.0,
                    pos[0] + 1 if pos else None, pos[1] if pos else None, ms, ms,
@@ -1042,8 +1074,17 @@ class RequestLog:
                                          [shape for _, shape in fresh]) - len(fresh) + 1
                     for i, (key, _) in enumerate(fresh):
                         ids[key] = first + i
-            rows = [row + (ids[key],) for key, _, row, _ in items]
-            first = _insert_many(db, _INSERT_ROWS, rows) - len(rows) + 1
+            rows = []
+            for key, _, row, _ in items:
+                if row[_KIND_AT] == "replay" and row[-3:] == _NO_DETAIL:
+                    rows.append(row[1:3] + row[4:13] + (ids[key],))  # _NARROW_COLUMNS, shape
+                else:
+                    rows.append(row + (ids[key],))
+            last = 0
+            for width, same in groupby(rows, len):  # in order: the ids are consecutive
+                last = _insert_many(db, self._insert_narrow if width == _NARROW_WIDTH
+                                    else _INSERT_ROWS, list(same))
+            first = last - len(rows) + 1
             if blobs:
                 _insert_many(db, _INSERT_BODIES, blobs)
             db.execute("COMMIT")

@@ -294,6 +294,9 @@ def test_a_repeated_replay_queues_what_split_event_gives(tmp_path):
     headers.request = Request("POST", "/v1/chat/completions", "", HEADERS[:1],
                               bytes(bytearray(_body("capital?"))))
     evs.append(headers)
+    agent = _replay(a, "capital?", 8)  # as many headers, one allow-listed value changed
+    agent.request.headers = [(k, "ua/2" if k == "User-Agent" else v) for k, v in HEADERS]
+    evs.append(agent)
     lg = RequestLog(str(tmp_path / "log.sqlite"))
     lg.open()
     try:
@@ -315,4 +318,42 @@ def test_a_repeated_replay_queues_what_split_event_gives(tmp_path):
         assert len(set(numbers.values())) == len(numbers)
     finally:
         lg._now.set()
+        lg.close()
+
+
+def test_every_column_is_written_as_row_from_event_gives_it_narrow_or_wide(tmp_path):
+    # The writer inserts a replay's row narrow (run and kind in the statement, detail and the
+    # response's headers and body NULL) and any other row wide, in runs of the same width: in
+    # whatever order they come, each row of `requests` must hold what row_from_event gives,
+    # and the ids the live feed is told must be the rows' own.
+    t0 = time.time() - 60
+    a = _answer("a", "Paris.")
+    evs = []
+    for i, ev in enumerate(_events(t0)):  # every kind, each between replays of one answer
+        evs.append(_replay(a, "capital of France?", 100 + i, t0 + i + 0.5))
+        evs.append(ev)
+    detailed = _replay(a, "capital of France?", 200, t0 + 20)
+    detailed.detail = "client left"  # a replay with a detail: wide
+    evs += [detailed, _replay(a, "capital of France?", 201, t0 + 21)]
+    evs[3].position = None  # a replay without a position: NULL play and plays, narrow
+    path = tmp_path / "log.sqlite"
+    got: list[dict] = []
+    lg = RequestLog(str(path), max_age_days=0,
+                    on_rows=lambda first, items: got.extend(logdb.live_rows(first, items)))
+    lg.wants_rows = lambda: True
+    lg.open()
+    try:
+        for ev in evs:
+            lg.put(ev)
+        assert lg.wait_idle()
+        rows = _all(path, "SELECT * FROM requests ORDER BY id")
+        assert len(rows) == len(evs)
+        for ev, row in zip(evs, rows):
+            want, _ = logdb.row_from_event(ev, lg.run, None, {})
+            assert tuple(row[c] for c in logdb.COLUMNS) == want, ev.kind
+        assert {r["kind"] for r in rows} == set(logdb.KINDS)
+        assert _one(path, "SELECT COUNT(*) FROM log_rows WHERE kind = 'replay' AND detail IS NOT NULL") == 1
+        listed, _ = lg.logs(limit=100)
+        assert sorted(got, key=lambda r: r["id"]) == sorted(listed, key=lambda r: r["id"])
+    finally:
         lg.close()
