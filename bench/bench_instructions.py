@@ -36,6 +36,7 @@ GIL between the two threads cost in time. Issue 4's ratio without the machine's 
     .venv/bin/python bench/bench_instructions.py --servers [--server-requests 100]
     .venv/bin/python bench/bench_instructions.py --log [--server-requests 100]
 
+Every counted process runs with PYTHONHASHSEED=0 (the count then repeats to about 0.1%).
 Needs valgrind (Debian: `apt-get install valgrind`). Exits 0, or 1 when valgrind is missing
 or a run failed.
 """
@@ -51,6 +52,10 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# Every counted process hashes strings with one seed: with random seeds, dicts and sets lay
+# out differently from run to run, and two runs of one server differed by up to 3%.
+_FIXED_HASH = {**os.environ, "PYTHONHASHSEED": "0"}
 
 WORKLOADS = ("gateway-json", "gateway-stream", "gateway-stream-whole", "sse-parse")
 
@@ -81,7 +86,7 @@ def count(name: str, n: int) -> int:
     proc = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no",
                            "--cachegrind-out-file=/dev/null", sys.executable,
                            os.path.abspath(__file__), "--run", name, str(n)],
-                          capture_output=True, text=True, timeout=1800)
+                          capture_output=True, text=True, timeout=1800, env=_FIXED_HASH)
     m = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
     if proc.returncode != 0 or m is None:
         raise RuntimeError(f"valgrind run of {name} failed:\n{proc.stderr[-2000:]}")
@@ -102,7 +107,8 @@ def server_count(argv: list[str], stream: bool, n: int, tmp: str, warm: int = 1,
     proc = subprocess.Popen(["valgrind", "--tool=cachegrind", "--cache-sim=no",
                              "--cachegrind-out-file=/dev/null", bp.PY, "-m", "rechat", *argv,
                              "--port", str(port), "--no-dump", "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp,
+                            env=_FIXED_HASH)
     raw = bp.build_request(port, dict(bp.REQUEST, stream=stream))
     try:
         deadline = time.monotonic() + 300
