@@ -38,7 +38,8 @@ inserts, in one transaction, the shapes it has not written yet (by number), then
 rows, with multi-row INSERT statements (sqlite3 hands the GIL over around every statement:
 one statement per row would be one forced switch of the event loop per row), and hands the
 rows to `on_rows` (the web UI's live stream). Bodies are deduplicated by hash. A repeated
-replay costs the writer a narrow row only (about a third of the 36-column row it replaced).
+replay costs the writer a narrow row only (about a third of the 36-column row it replaced),
+inserted with 12 parameters (`_NARROW_COLUMNS`: its run and kind are in the statement).
 
 When it writes (write-behind, as loggers that must not slow the code they watch do): while
 someone watches the live stream, `flush_s` after the first row of a batch. Otherwise rows
@@ -323,8 +324,8 @@ _INSERT_ROWS = (f"INSERT INTO log_rows ({', '.join(ROW_COLUMNS)}, shape) VALUES 
                 _values(len(ROW_COLUMNS) + 1))
 # A replay's row, narrow: `run` and `kind` are written into the statement (RequestLog makes
 # it), and `detail`, `resp_headers` and `resp_body` left NULL (a replay has none). Each
-# parameter sqlite3 binds costs about 600 instructions, a NULL one about 1,600 (see
-# `_bind_none_and_bytes_directly`): the narrow row is a third cheaper to insert.
+# parameter sqlite3 binds costs about 500 instructions, a NULL one about 1,000 more (see
+# `_bind_none_and_bytes_directly`): the narrow row is about 30% cheaper to insert.
 _NARROW_COLUMNS = ROW_COLUMNS[1:3] + ROW_COLUMNS[4:13]
 assert ROW_COLUMNS[3] == "kind" and ROW_COLUMNS[13:] == ("detail", "resp_headers", "resp_body")
 _NARROW_WIDTH = len(_NARROW_COLUMNS) + 1  # and the shape's id
@@ -398,12 +399,13 @@ def _bind_none_and_bytes_directly() -> None:
 
     CPython 3.11's sqlite3 binds int, float and str as they are, but sends None and bytes
     through `microprotocols_adapt`: it asks the PrepareProtocol type for `__adapt__`, and the
-    type's getattr formats an AttributeError that is then dropped: about 3,000 instructions a
-    parameter, where an int takes under 100. A replay's row has six such (its NULLs), and
-    they were 40% of the cost of its insert (bench/bench_instructions.py --log). An adapter
-    registered for the exact type is found first, and takes about 1,000. These two return their argument unchanged (`{}.get(None)` is None, `bytes(b)` is
-    b), so every sqlite3 user in the process binds exactly what it bound before. Neither type
-    is one whose adapting switches sqlite3's fast path off (int, float, str, bytearray).
+    type's getattr formats an AttributeError that is then dropped: about 3,000 instructions
+    more than an int takes. A replay's row had six such (its NULLs), and they were 40% of the
+    cost of its insert (bench/bench_instructions.py --log). An adapter registered for the
+    exact type is found first, and takes about 1,000. These two return their argument
+    unchanged (`{}.get(None)` is None, `bytes(b)` is b), so every sqlite3 user in the process
+    binds exactly what it bound before. Neither type is one whose adapting switches sqlite3's
+    fast path off (int, float, str, bytearray).
     """
     sqlite3.register_adapter(type(None), {}.get)
     sqlite3.register_adapter(bytes, bytes)
