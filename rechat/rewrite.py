@@ -241,6 +241,9 @@ class SSEStreamRewriter:
         # The transforms' fused rule (_make_plan) while nothing is held; None: no fused path.
         self._plan: _Plan | None = None
         self._plain_plan = self._plan  # the same without the stops that start with a backslash
+        # The two, for a piece the caller's SSE parser found whole (`whole`: LF only, so
+        # without CR to look for), as (plain, plan): indexed by "holds a backslash".
+        self._lf_plans: tuple[_Plan, _Plan] | None = None
 
     def feed(self, data: bytes, whole: int = 0) -> bytes:
         """Take the next piece of the upstream's body; return the bytes for the client.
@@ -263,8 +266,13 @@ class SSEStreamRewriter:
                     data.endswith(b"}\n\n") and data.find(b"\n") == len(data) - 2))):
                 # The fused fast path (class docstring): one ``data: {...}\n\n`` event,
                 # nothing held. Stops like \\u cannot occur without a backslash: without one
-                # (memchr), only the others are looked for.
-                stops, head, new, tail, _, _ = plan if data.find(b"\\") >= 0 else self._plain_plan
+                # (memchr), only the others are looked for; nor CR in a piece the parser found
+                # whole (it looked for one).
+                if whole:
+                    stops, head, new, tail, _, _ = self._lf_plans[data.find(b"\\") >= 0]
+                else:
+                    stops, head, new, tail, _, _ = (plan if data.find(b"\\") >= 0
+                                                    else self._plain_plan)
                 for stop in stops:
                     if data.find(stop) >= 0:
                         break
@@ -334,6 +342,8 @@ class SSEStreamRewriter:
             stops, head, new, tail, old, fresh = plan
             self._plain_plan = (tuple(x for x in stops if not x.startswith(b"\\")), head, new,
                                 tuple(x for x in tail if not x[0].startswith(b"\\")), old, fresh)
+            self._lf_plans = tuple((tuple(x for x in p[0] if x != b"\r"), *p[1:])
+                                   for p in (self._plain_plan, plan))
 
     def _make_plan(self) -> _Plan | None:
         """Fuse the transforms' `raw_rule`s into one test on an event's bytes, or None.
