@@ -209,6 +209,7 @@ def test_gateway_outbound_keeps_the_clients_bytes_but_the_model():
     (b'{ "model" :  "llama3" }', b'{ "model" :  "gpt-4" }'),
     (b'{"choices":[{"delta":{"content":"\\"model\\": \\"llama3\\""}}],"model":"llama3"}',
      b'{"choices":[{"delta":{"content":"\\"model\\": \\"llama3\\""}}],"model":"gpt-4"}'),
+    (b'{"id":"a\\"b","model":"llama3"}', b'{"id":"a\\"b","model":"gpt-4"}'),  # an escaped quote before
     (b'{"model":"gpt-4","x":1}', None),       # already the name asked for: the same bytes
     (b'{"x":{"model":"llama3"}}', None),      # nested only: unchanged
     (b'[{"model":"llama3"}]', None),          # not an object: unchanged
