@@ -932,34 +932,36 @@ class RequestLog:
     # hashing them cost twice what comparing them does (about 6,000 instructions for the 15
     # headers of the openai client).
 
-    def _remember_replay(self, ev: Any, key: int, shape: tuple, blobs: tuple) -> None:
-        f = self._facts.get(id(ev.answer))
-        if getattr(ev, "similarity", None) is not None or f is None or f.answer is not ev.answer:
-            return  # fuzzy replays score each time
+    @staticmethod
+    def _replay_key(ev: Any) -> tuple | None:
+        if ev.answer is None or getattr(ev, "similarity", None) is not None:
+            return None  # fuzzy replays score each time
         req = ev.request
-        ck = (id(ev.answer), req.method, req.path, req.query, req.body)  # as _replay_row reads
+        return (id(ev.answer), req.method, req.path, req.query, req.body)
+
+    def _remember_replay(self, ev: Any, key: int, shape: tuple, blobs: tuple) -> None:
+        ck = self._replay_key(ev)
+        f = self._facts.get(id(ev.answer))
+        if ck is None or f is None or f.answer is not ev.answer:
+            return
         if len(self._replays) >= 4096:
             self._replays.clear()
         self._replays[ck] = (ev.answer, key, shape, blobs, f.sse_bytes, ev.request.headers)
 
     def _replay_row(self, ev: Any) -> tuple | None:
-        """(key, shape, row, blobs) of a repeated replay from the memo, or None. What `_row`
-        gives, inline (two calls fewer: this runs on the event loop for every replay)."""
-        answer, req = ev.answer, ev.request
-        if answer is None or getattr(ev, "similarity", None) is not None:
+        ck = self._replay_key(ev)
+        got = self._replays.get(ck) if ck is not None else None
+        if got is None or got[0] is not ev.answer or got[5] != ev.request.headers:
             return None
-        got = self._replays.get((id(answer), req.method, req.path, req.query, req.body))
-        if got is None or got[0] is not answer or got[5] != req.headers:
-            return None
+        _, key, shape, blobs, sse_bytes, _ = got
         resp = ev.response
         body = resp.body if resp is not None else b""
         ms = _ms3(ev.ms)
         pos = ev.position
-        row = (self.run, ev.id, ev.started_at or time.time(), "replay",
-               resp.status if resp is not None else None, 1.0, pos[0] + 1 if pos else None,
-               pos[1] if pos else None, ms, ms, len(req.body), len(body) if body else got[4],
-               ev.client or None, ev.detail or None, None, None)
-        return got[1], got[2], row, got[3]
+        row = _row(self.run, ev, "replay", resp.status if resp is not None else None, 1.0,
+                   pos[0] + 1 if pos else None, pos[1] if pos else None, ms, ms,
+                   len(body) if body else sse_bytes, None, None)
+        return key, shape, row, blobs
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Have every event queued so far written now, and block until it is (or `timeout`
