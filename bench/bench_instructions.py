@@ -138,16 +138,31 @@ def server_count(argv: list[str], stream: bool, n: int, tmp: str, warm: int = 1,
     return int(m.group(1).replace(",", ""))
 
 
+def _bare_upstream(tmp: str):
+    """Start bench_proxy.py's bare upstream on a free 127.0.0.1 port; return (server, port)."""
+    import bench_proxy as bp
+
+    port = bp.free_port()
+    return bp.Server("bare", [bp.PY, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                  "bench_proxy.py"), "--bare-server", str(port)],
+                     port, tmp).start(), port
+
+
+def per_request(argv: list[str], stream: bool, n: int, tmp: str, **warm) -> float:
+    """k instructions per request of the server `argv`: the difference between `n` and `6 n`
+    counted requests (`server_count`, with `warm`), over the `5 n` requests between."""
+    short = server_count(argv, stream, n, tmp, **warm)
+    long = server_count(argv, stream, 6 * n, tmp, **warm)
+    return (long - short) / (5 * n) / 1000
+
+
 def servers(n: int) -> int:
     """The `--servers` run (module docstring)."""
     import tempfile
     import bench_proxy as bp
 
     tmp = tempfile.mkdtemp(prefix="rechat-bench-ir-")
-    bare_port = bp.free_port()
-    bare = bp.Server("bare", [bp.PY, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                  "bench_proxy.py"), "--bare-server",
-                              str(bare_port)], bare_port, tmp).start()
+    bare, bare_port = _bare_upstream(tmp)
     up = f"http://{bp.HOST}:{bare_port}/v1"
     common = ["--no-ui", "--sessions", os.path.join(tmp, "s")]
     configs = {"plain": ["passthrough", up, *common],
@@ -158,9 +173,7 @@ def servers(n: int) -> int:
         for stream in (False, True):
             per = {}
             for name, argv in configs.items():
-                short = server_count(argv, stream, n, tmp)
-                long = server_count(argv, stream, 6 * n, tmp)
-                per[name] = (long - short) / (5 * n) / 1000
+                per[name] = per_request(argv, stream, n, tmp)
                 print(f"{name:<8} {'stream' if stream else 'json':<7} {per[name]:8.1f} k "
                       "instructions per request (the whole server)", flush=True)
             print(f"gateway / plain, {'stream' if stream else 'json'}: "
@@ -179,10 +192,7 @@ def log_servers(n: int) -> int:
     import bench_proxy as bp
 
     tmp = tempfile.mkdtemp(prefix="rechat-bench-ir-")
-    bare_port = bp.free_port()
-    bare = bp.Server("bare", [bp.PY, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                  "bench_proxy.py"), "--bare-server",
-                              str(bare_port)], bare_port, tmp).start()
+    bare, bare_port = _bare_upstream(tmp)
     try:
         folders = {s: bp.record_fixture(tmp, bare_port, s, tmp) for s in (False, True)}
     except RuntimeError as e:
@@ -196,9 +206,7 @@ def log_servers(n: int) -> int:
             for name, extra in (("off", ["--no-ui"]),
                                 ("on", ["--log-db", os.path.join(tmp, "log.sqlite")])):
                 argv = ["replay", folder, "--no-watch", *extra]
-                short = server_count(argv, stream, n, tmp, warm=3 * n, settle_s=6)
-                long = server_count(argv, stream, 6 * n, tmp, warm=3 * n, settle_s=6)
-                per[name] = (long - short) / (5 * n) / 1000
+                per[name] = per_request(argv, stream, n, tmp, warm=3 * n, settle_s=6)
                 print(f"log {name:<4} {'stream' if stream else 'json':<7} {per[name]:8.1f} k "
                       "instructions per replayed request (the whole server)", flush=True)
             print(f"log on / off, {'stream' if stream else 'json'}: "

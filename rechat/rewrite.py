@@ -245,10 +245,10 @@ class SSEStreamRewriter:
         self._closed = False
         # The transforms' fused rule (_make_plan) while nothing is held; None: no fused path.
         self._plan: _Plan | None = None
-        self._plain_plan = self._plan  # the same without the stops that start with a backslash
-        # The two, for a piece the caller's SSE parser found whole (`whole`: LF only, so
-        # without CR to look for), as (plain, plan): indexed by "holds a backslash".
-        self._lf_plans: tuple[_Plan, _Plan] | None = None
+        # The plan's stops as the fused path looks for them in a piece, indexed by 2 x "the
+        # caller's SSE parser found it whole" (LF only: no CR to look for) + "it holds a
+        # backslash" (else no stop that starts with one, such as \\u, can occur in it).
+        self._variants: tuple[_Plan, _Plan, _Plan, _Plan] | None = None
 
     def feed(self, data: bytes, whole: int = 0) -> bytes:
         """Take the next piece of the upstream's body; return the bytes for the client.
@@ -270,15 +270,9 @@ class SSEStreamRewriter:
             elif (data[:len(plan[1])] == plan[1] and (whole or (
                     data[-3:] == b"}\n\n" and data.find(b"\n") == len(data) - 2))):
                 # The fused fast path (class docstring): one ``data: {...}\n\n`` event,
-                # nothing held. Stops like \\u cannot occur without a backslash: without one
-                # (memchr), only the others are looked for; nor CR in a piece the parser found
-                # whole (it looked for one).
-                if whole:
-                    stops, head, new, tail, _, _ = self._lf_plans[
-                        data.partition(b"\\")[1] == b"\\"]
-                else:
-                    stops, head, new, tail, _, _ = (plan if data.partition(b"\\")[1]
-                                                    else self._plain_plan)
+                # nothing held. (`whole` is 0 or 1 here.)
+                stops, head, new, tail, _, _ = self._variants[
+                    2 * whole + (data.partition(b"\\")[1] == b"\\")]
                 for stop in stops:
                     if data.partition(stop)[1]:
                         break
@@ -348,10 +342,10 @@ class SSEStreamRewriter:
             # (List comprehensions and slices: a generator costs 2,000 instructions more, and
             # this runs for every stream.)
             stops, head, new, tail, old, fresh = plan
-            plain = self._plain_plan = (tuple([x for x in stops if x[:1] != b"\\"]), head, new,
-                                        tuple([x for x in tail if x[0][:1] != b"\\"]), old, fresh)
+            plain = (tuple([x for x in stops if x[:1] != b"\\"]), head, new,
+                     tuple([x for x in tail if x[0][:1] != b"\\"]), old, fresh)
             # _make_plan puts CR first among the stops, and the filter above keeps their order.
-            self._lf_plans = ((plain[0][1:],) + plain[1:], (stops[1:],) + plan[1:])
+            self._variants = (plain, plan, (plain[0][1:],) + plain[1:], (stops[1:],) + plan[1:])
 
     def _make_plan(self) -> _Plan | None:
         """Fuse the transforms' `raw_rule`s into one test on an event's bytes, or None.
