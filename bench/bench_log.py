@@ -95,6 +95,156 @@ def run_viewer(port: int) -> None:
     done()
 
 
+def _record_fixtures(tmp: str, logdir: str, stream_too: bool) -> dict[bool, str]:
+    """Record the fixed answer from a bare upstream through `rechat record`, as JSON and
+    (when `stream_too`) streamed: {stream: session folder}."""
+    port = bp.free_port()
+    bare = bp.Server("bare", [bp.PY, bp.__file__, "--bare-server", str(port)], port,
+                     logdir).start()
+    try:
+        folders = {False: bp.record_fixture(tmp, port, False, logdir)}
+        if stream_too:
+            folders[True] = bp.record_fixture(tmp, port, True, logdir)
+    finally:
+        bare.stop()
+    return folders
+
+
+def _start_replays(folders: dict[bool, str], tmp: str, logdir: str, variants: tuple[str, ...],
+                   servers: dict[str, "bp.Server"], viewers: dict[str, Viewer], tag: str = ""
+                   ) -> list[tuple[str, bool]]:
+    """Start one `rechat replay` per variant ("off", "on", "on+viewer") and recording in
+    `folders`, into `servers` (and `viewers`); the log-on ones write a new database,
+    `tmp`/log-KEY`tag`.sqlite. Returns [(key, stream)], keys "off", "on_sse", ..."""
+    # Only the log differs between the processes: other per-request writers (the flow
+    # dump, when this rechat has one) are off in all of them.
+    help_text = subprocess.run(bp.RECHAT + ["replay", "--help"], capture_output=True,
+                               text=True, timeout=60).stdout
+    common = ["--no-dump"] if "--no-dump" in help_text else []
+    keys = []
+    for stream, folder in folders.items():
+        sfx = "_sse" if stream else ""
+        for variant in variants:
+            key = variant + sfx
+            p = bp.free_port()
+            argv = bp.RECHAT + ["replay", folder, "--port", str(p), "--quiet", "--no-watch",
+                                *common]
+            if variant == "off":
+                argv.append("--no-ui")
+            else:
+                argv += ["--log-db", os.path.join(tmp, f"log-{key}{tag}.sqlite")]
+            servers[key] = bp.Server(key, argv, p, logdir).start()
+            if variant == "on+viewer":
+                viewers[key] = Viewer(p)
+            keys.append((key, stream))
+    return keys
+
+
+def _user_sys_ms(srv: "bp.Server") -> tuple[float, float]:
+    """User and system CPU time of `srv`'s process, all its threads, in ms (/proc/PID/stat)."""
+    with open(f"/proc/{srv.proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) * 1000 / tick, int(fields[12]) * 1000 / tick
+
+
+def paired(args: argparse.Namespace) -> int:
+    """Paired mode (`--pairs N --starts M`): the log's cost as the whole process's CPU per
+    request.
+
+    Two things make the phase-by-phase figures of the default mode move by a third between
+    runs of one version. A phase's CPU misses the log's write-behind (its writer runs after
+    the phase, often during the next one). And each process has its own luck: two starts of
+    one server differ in CPU per request by 10-30% on this VM (hash seed, memory layout), more
+    than the log costs. So this mode starts the two replay servers (log off, log on) M times
+    afresh; each time they answer N pairs of short phases (off, then on; at most --requests,
+    default 4000, and --seconds, default 2, each, at --concurrency), and each process's CPU
+    time (all threads, /proc) is read after a warm-up and at the end, after the log-on server
+    has written every row (a read of /stats has it flush). Per request, that is everything the
+    process did for the requests sent, writer thread and SQLite included. Printed per start
+    and as the median over starts: CPU per request off and on, their ratio off/on (the req/s
+    a CPU-bound server keeps with the log on), and the median of the per-pair req/s ratios
+    on/off; the medians against the target (>= 0.9)."""
+    max_req = args.requests or 4000
+    max_s = args.seconds or 2.0
+    conc = args.concurrency
+    tmp = tempfile.mkdtemp(prefix="rechat-bench-log-")
+    logdir = os.path.join(tmp, "logs")
+    os.makedirs(logdir)
+    servers: dict[str, bp.Server] = {}
+    t_run = time.monotonic()
+    out: dict[bool, list[tuple[dict, dict, dict, float]]] = {}
+    try:
+        folders = _record_fixtures(tmp, logdir, not args.no_stream)
+        for m in range(args.starts):
+            _start_replays(folders, tmp, logdir, ("off", "on"), servers, {}, f"-{m}")
+            for stream in folders:
+                sfx = "_sse" if stream else ""
+                srv = {"off": servers["off" + sfx], "on": servers["on" + sfx]}
+                body = dict(bp.REQUEST, stream=True) if stream else bp.REQUEST
+                raw = {k: bp.build_request(s.port, body) for k, s in srv.items()}
+                expect = {k: bp.check_answer(s.port, stream) for k, s in srv.items()}
+                for k in srv:  # warm: the length of two phases, then the batch written
+                    asyncio.run(bp.load(srv[k].port, raw[k], conc, 2 * max_req, 2 * max_s,
+                                        expect[k]))
+                wait_flushed(srv["on"].port)
+                cpu0 = {k: _user_sys_ms(s) for k, s in srv.items()}
+                done = {"off": 0, "on": 0}
+                ratios = []
+                for _ in range(args.pairs):
+                    rps = {}
+                    for k in ("off", "on"):
+                        ph = asyncio.run(bp.load(srv[k].port, raw[k], conc, max_req, max_s,
+                                                 expect[k]))
+                        if ph.errors:
+                            raise RuntimeError(f"{k}{sfx}: {ph.errors} requests failed")
+                        done[k] += ph.done
+                        rps[k] = ph.rps
+                    ratios.append(rps["on"] / rps["off"])
+                wait_flushed(srv["on"].port)  # every row written: its cost is in the CPU
+                cpu1 = {k: _user_sys_ms(s) for k, s in srv.items()}
+                us = {k: (sum(cpu1[k]) - sum(cpu0[k])) * 1000 / done[k] for k in srv}
+                sys_us = {k: (cpu1[k][1] - cpu0[k][1]) * 1000 / done[k] for k in srv}
+                r = statistics.median(ratios)
+                out.setdefault(stream, []).append((us, sys_us, done, r))
+                print(f"  start {m + 1}/{args.starts}  {'streamed' if stream else 'JSON':<8} "
+                      f"CPU us/req off {us['off']:6.1f}  on {us['on']:6.1f}  off/on "
+                      f"{us['off'] / us['on']:.3f}   req/s on/off {r:.3f}", flush=True)
+            for s in servers.values():
+                s.stop()
+            servers.clear()
+    except KeyboardInterrupt:
+        print("bench interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        return bp.report_failure(e, servers.values())
+    finally:
+        for s in servers.values():
+            s.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    med = statistics.median
+    print()
+    print(f"rechat request-log bench, paired  {datetime.date.today()}  python "
+          f"{platform.python_version()}  {os.cpu_count()} cores  {args.starts} starts x "
+          f"{args.pairs} pairs at c={conc} ({time.monotonic() - t_run:.0f} s)")
+    print()
+    print("| answer | CPU us/req off (system) | on (system) | off / on (range) "
+          "| req/s on / off (range) |")
+    print("|---|---:|---:|---:|---:|")
+    verdicts = []
+    for stream, runs in out.items():
+        caps = [us["off"] / us["on"] for us, _, _, _ in runs]
+        rps = [r for _, _, _, r in runs]
+        verdicts += [med(caps) >= TARGET, med(rps) >= TARGET]
+        cell = lambda k, i: med(x[i][k] for x in runs)  # noqa: E731
+        print(f"| {'streamed' if stream else 'JSON'} | {cell('off', 0):.1f} ({cell('off', 1):.1f}) "
+              f"| {cell('on', 0):.1f} ({cell('on', 1):.1f}) | {med(caps):.3f} "
+              f"({min(caps):.3f}-{max(caps):.3f}) | {med(rps):.3f} ({min(rps):.3f}-{max(rps):.3f}) |")
+    print()
+    print(f"verdict: {sum(verdicts)} of {len(verdicts)} targets met (each median >= {TARGET})")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 round, small phases")
@@ -103,7 +253,14 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, help="max seconds per phase (default 5)")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--no-stream", action="store_true", help="skip the streamed scenarios")
+    ap.add_argument("--pairs", type=int, metavar="N",
+                    help="paired mode: N pairs of short phases, off then on, at --concurrency; "
+                         "the whole processes' CPU per request (see `paired`)")
+    ap.add_argument("--starts", type=int, default=5, metavar="M",
+                    help="paired mode: start the two servers afresh M times (default 5)")
     args = ap.parse_args()
+    if args.pairs:
+        return paired(args)
     rounds = args.rounds or (1 if args.quick else 3)
     max_req = args.requests or (800 if args.quick else 3000)
     max_s = args.seconds or (2.0 if args.quick else 5.0)
@@ -116,42 +273,14 @@ def main() -> int:
     servers: dict[str, bp.Server] = {}
     viewers: dict[str, Viewer] = {}
     results: dict[tuple[str, int], list[bp.Phase]] = {}
-    sent: dict[str, int] = {}
     writer: dict[str, float] = {}  # writer thread CPU us per row
     t_run = time.monotonic()
     try:
-        port = bp.free_port()
-        servers["bare"] = bp.Server("bare", [bp.PY, bp.__file__, "--bare-server", str(port)],
-                                    port, logdir).start()
-        folders = {False: bp.record_fixture(tmp, port, False, logdir)}
-        if not args.no_stream:
-            folders[True] = bp.record_fixture(tmp, port, True, logdir)
-        servers.pop("bare").stop()
-        # Only the log differs between the processes: other per-request writers (the flow
-        # dump, when this rechat has one) are off in all of them.
-        help_text = subprocess.run(bp.RECHAT + ["replay", "--help"], capture_output=True,
-                                   text=True, timeout=60).stdout
-        common = ["--no-dump"] if "--no-dump" in help_text else []
-        keys = []
-        for stream, folder in folders.items():
-            sfx = "_sse" if stream else ""
-            for variant in ("off", "on", "on+viewer"):
-                key = variant + sfx
-                p = bp.free_port()
-                argv = bp.RECHAT + ["replay", folder, "--port", str(p), "--quiet", "--no-watch",
-                                    *common]
-                if variant == "off":
-                    argv.append("--no-ui")
-                else:
-                    argv += ["--log-db", os.path.join(tmp, f"log-{key}.sqlite")]
-                servers[key] = bp.Server(key, argv, p, logdir).start()
-                if variant == "on+viewer":
-                    viewers[key] = Viewer(p)
-                keys.append((key, stream))
-                sent[key] = 0
+        folders = _record_fixtures(tmp, logdir, not args.no_stream)
+        keys = _start_replays(folders, tmp, logdir, ("off", "on", "on+viewer"), servers,
+                              viewers)
         expect = {k: bp.check_answer(servers[k].port, s) for k, s in keys}
-        for k in sent:
-            sent[k] = 1
+        sent = {k: 1 for k, _ in keys}  # the check's request
         for r in range(rounds):
             for conc in shapes:
                 for key, stream in keys:
