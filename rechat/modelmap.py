@@ -294,6 +294,13 @@ def rewrite_request_bytes(raw: bytes, asked: str, served: str,
                      and _ESCAPED_KEY_CHAR.search(raw))):
         # The decoded body has a top-level "model", and no key is spelled with escapes: its
         # bytes are the one ``"model"`` there is.
+        asked_raw, j = _encode(asked), i + 7
+        # The two usual spellings, ``"model": "x"`` and ``"model":"x"``, by comparing slices
+        # (a string token ends where its encoding does): 3,500 instructions under the regex.
+        if raw[j:j + 2] == b": " and raw[j + 2:j + 2 + len(asked_raw)] == asked_raw:
+            return raw[:j + 2] + _encode(served) + raw[j + 2 + len(asked_raw):]
+        if raw[j:j + 1] == b":" and raw[j + 1:j + 1 + len(asked_raw)] == asked_raw:
+            return raw[:j + 1] + _encode(served) + raw[j + 1 + len(asked_raw):]
         m = _KEY_AND_VALUE.match(raw, i)
         if m is None:
             return None  # an escaped value, or not a string
@@ -349,7 +356,8 @@ class ModelRestore:
     def feed_raw(self, raw: bytes, whole: bool = False) -> bytes | None:
         """Return the JSON bytes of `feed`'s result for the object encoded as `raw`: `raw`
         itself when unchanged, else `raw` with only the model's value replaced; None when the
-        bytes do not say (see `_model_span`): decode and `feed` instead. Stateless."""
+        bytes do not say (see `_model_span`): decode and `feed` instead. Stateless, but for
+        a streamed chunk (`whole` False) it remembers where the model was, for the next."""
         memo = self._memo
         if memo is not None and raw[:len(memo[0])] == memo[0]:
             n = len(memo[0])
@@ -362,6 +370,10 @@ class ModelRestore:
         if span is _ABSENT:
             return raw
         start, end = span
+        if whole:  # a whole answer: no chunk follows for the memo to serve
+            if raw[start:end + 1] == self._asked_raw:
+                return raw
+            return raw[:start] + self._asked_raw + raw[end + 1:]
         head = raw[:end + 1]
         cut = head.rfind(_KEY, 0, start)
         if cut < 0 or head.count(_KEY) != 1:
