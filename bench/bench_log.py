@@ -17,6 +17,10 @@ It also checks that the log holds one row per request sent.
 
     .venv/bin/python bench/bench_log.py            # 3 rounds (~2 min)
     .venv/bin/python bench/bench_log.py --quick    # 1 round, small phases (~30 s)
+    .venv/bin/python bench/bench_log.py --pairs 8 --starts 5   # paired (~2 min), see `paired`
+
+The default mode's per-phase figures miss the log's write-behind and move by a third between
+runs of one version on a shared VM; the paired mode is the timed figure to trust.
 
 Exits 0 whatever the figures (a measurement), 1 when the bench itself failed.
 """
