@@ -73,7 +73,6 @@ import re
 import sqlite3
 import threading
 import time
-from itertools import chain, groupby
 from typing import Any, Callable, Iterable
 
 from rechat.fingerprint import clean_query, is_secret_header, redact_headers
@@ -344,8 +343,10 @@ _INSERT_BODIES = ("INSERT OR IGNORE INTO bodies (hash, size, data) VALUES ", _va
 _CHUNKS = (256, 32, 4, 1)  # rows per statement; few distinct statements, all cached
 
 
-def _insert_many(db: sqlite3.Connection, insert: tuple[str, str], rows: list[tuple]) -> int:
-    """Insert `rows` with multi-row INSERT statements; return the rowid of the last one.
+def _insert_many(db: sqlite3.Connection, insert: tuple[str, str], width: int,
+                 params: list) -> int:
+    """Insert rows of `width` values, given one after the other in `params` (a flat list),
+    with multi-row INSERT statements; return the rowid of the last one.
 
     `insert` is (the statement up to VALUES, one row's values as `_values` gives them).
     sqlite3 releases the GIL around every statement step and takes it back after: with
@@ -353,14 +354,14 @@ def _insert_many(db: sqlite3.Connection, insert: tuple[str, str], rows: list[tup
     forced switch. A statement of 256 rows is one hand-over for all of them.
     """
     head, values = insert
-    i, n = 0, len(rows)
+    i, n = 0, len(params) // width
     last = 0
     for size in _CHUNKS:
         if n - i < size:
             continue
         sql = head + ", ".join([values] * size)
         while n - i >= size:
-            last = db.execute(sql, list(chain.from_iterable(rows[i:i + size]))).lastrowid
+            last = db.execute(sql, params[i * width:(i + size) * width]).lastrowid
             i += size
     return last
 
@@ -1072,30 +1073,40 @@ class RequestLog:
                     else:
                         fresh.append((key, shape))
                 if fresh:
-                    first = _insert_many(db, _INSERT_SHAPES,
-                                         [shape for _, shape in fresh]) - len(fresh) + 1
+                    first = _insert_many(db, _INSERT_SHAPES, len(SHAPE_COLUMNS), [
+                        v for _, shape in fresh for v in shape]) - len(fresh) + 1
                     for i, (key, _) in enumerate(fresh):
                         ids[key] = first + i
-            rows = []
+            # The rows' values and shape ids, one flat list per run of rows of one width (the
+            # statement's parameters as they are, in order: the ids are consecutive).
+            runs: list[tuple[tuple[str, str], int, list]] = []
+            params: list = []
+            narrow = None
             for key, _, row, _ in items:
-                if row[_KIND_AT] == "replay" and row[-3:] == _NO_DETAIL:
-                    rows.append(row[1:3] + row[4:13] + (ids[key],))  # _NARROW_COLUMNS, shape
+                n = row[_KIND_AT] == "replay" and row[-3:] == _NO_DETAIL
+                if n is not narrow:
+                    narrow = n
+                    params = []
+                    runs.append((self._insert_narrow, _NARROW_WIDTH, params) if narrow
+                                else (_INSERT_ROWS, len(ROW_COLUMNS) + 1, params))
+                if narrow:
+                    params += row[1:3]  # _NARROW_COLUMNS
+                    params += row[4:13]
                 else:
-                    rows.append(row + (ids[key],))
-            last = 0
-            for width, same in groupby(rows, len):  # in order: the ids are consecutive
-                last = _insert_many(db, self._insert_narrow if width == _NARROW_WIDTH
-                                    else _INSERT_ROWS, list(same))
-            first = last - len(rows) + 1
+                    params += row
+                params.append(ids[key])
+            for insert, width, params in runs:
+                last = _insert_many(db, insert, width, params)
+            first = last - len(items) + 1
             if blobs:
-                _insert_many(db, _INSERT_BODIES, blobs)
+                _insert_many(db, _INSERT_BODIES, 3, [v for b in blobs for v in b])
             db.execute("COMMIT")
         except BaseException:
             self._shape_ids.clear()  # they may name shapes and bodies the rollback took back
             self._known.clear()
             db.execute("ROLLBACK")
             raise
-        self.written += len(rows)
+        self.written += len(items)
         if self.on_rows is not None and self.wants_rows():
             self.on_rows(first, [(key, shape, row) for key, shape, row, _ in items])
 
