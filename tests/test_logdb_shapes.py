@@ -282,7 +282,8 @@ def test_row_from_event_is_the_shape_and_the_row(kind):
 
 def test_a_repeated_replay_queues_what_split_event_gives(tmp_path):
     # From its second time on, a replay's row is made from the event's varying values only;
-    # what is queued must be what the general path gives, for every variation of the event.
+    # what is queued must be what the general path gives, for every variation of the event:
+    # narrow (the values of _NARROW_COLUMNS) for a replay without a detail, wide otherwise.
     a, b = _answer("a", "Paris."), _answer("b", "Rome.", index=2)
     evs = [_replay(a, "capital?", 1), _replay(a, "capital?", 2),
            _replay(a, "capital?", 3), _replay(a, "other", 4), _replay(b, "capital?", 5)]
@@ -312,6 +313,12 @@ def test_a_repeated_replay_queues_what_split_event_gives(tmp_path):
         numbers: dict[tuple, int] = {}
         for ev, (key, shape, row, blobs) in zip(evs, queued):
             want_shape, want_row, want_blobs = logdb.split_event(ev, lg.run, None, {})
+            narrow = ev.kind == "replay" and not ev.detail
+            assert len(row) == len(logdb._NARROW_COLUMNS if narrow else logdb.ROW_COLUMNS)
+            if narrow:
+                assert row == tuple(want_row[logdb.ROW_COLUMNS.index(c)]
+                                    for c in logdb._NARROW_COLUMNS)
+                row = logdb._widen(lg.run, "replay", row, None, None, None)
             assert (shape, row) == (want_shape, want_row)
             assert set(blobs) <= set(want_blobs) and (blobs or not want_blobs)
             assert numbers.setdefault(shape, key) == key  # one number per shape
