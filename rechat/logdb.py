@@ -1092,6 +1092,10 @@ class RequestLog:
                     look = shape[_SESSION_AT] is not None and (
                         len(row) == _NARROW_LEN or row[_KIND_AT] != "record")
                     new.append((key, shape, look))
+                elif len(row) == _NARROW_LEN:
+                    # A narrow row has no response body, and its request body is its shape's:
+                    # handled with the row that brought the shape (since `known` was cleared).
+                    continue
                 for h, data in bl:
                     if h not in known:  # the same bodies come back again and again: keep one
                         known[h] = None

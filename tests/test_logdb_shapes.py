@@ -364,3 +364,30 @@ def test_every_column_is_written_as_row_from_event_gives_it_narrow_or_wide(tmp_p
         assert sorted(got, key=lambda r: r["id"]) == sorted(listed, key=lambda r: r["id"])
     finally:
         lg.close()
+
+
+def test_every_row_keeps_its_bodies_when_its_shape_is_already_written(tmp_path):
+    # The writer skips the bodies of a narrow row (a replay's: its only body is its shape's
+    # request body) once the shape is written; a wide row's response body is its own even
+    # when its shape repeats: forwards of one request whose answers differ but for their id.
+    path = tmp_path / "log.sqlite"
+    lg = _open(path, max_age_days=0)
+    a = _answer("a", "Paris.")
+    try:
+        sent = []
+        for i in range(3):
+            ev = _forward(1)
+            ev.id = i
+            ev.response.body = ev.response.body.replace(b'"model"', f'"id": "r{i}", "model"'.encode())
+            sent.append(ev.response.body)
+            lg.put(ev)
+            lg.put(_replay(a, "capital of France?", 10 + i))
+            assert lg.wait_idle()  # each in a batch of its own, the shapes written before
+        rows = sorted(lg.logs(limit=10)[0], key=lambda r: r["id"])
+        assert _one(path, "SELECT COUNT(*) FROM shapes") == 2
+        forwards = [lg.entry(r["id"]) for r in rows if r["kind"] == "forward"]
+        assert [f["response_body"] for f in forwards] == sent
+        replays = [lg.entry(r["id"]) for r in rows if r["kind"] == "replay"]
+        assert [r["request_body"] for r in replays] == [_body("capital of France?")] * 3
+    finally:
+        lg.close()
