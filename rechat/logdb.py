@@ -39,7 +39,8 @@ rows, with multi-row INSERT statements (sqlite3 hands the GIL over around every 
 one statement per row would be one forced switch of the event loop per row), and hands the
 rows to `on_rows` (the web UI's live stream). Bodies are deduplicated by hash. A repeated
 replay costs the writer a narrow row only (about a third of the 36-column row it replaced),
-inserted with 12 parameters (`_NARROW_COLUMNS`: its run and kind are in the statement).
+inserted with 11 parameters (`_NARROW_COLUMNS`: its run, kind and score are in the
+statement).
 `put` queues a replay's row narrow already, and the writer adds each row's values and shape
 id to one flat parameter list per statement: no per-row tuple is built, sliced or flattened
 on either side (the writer's share of a replayed row, 256 to a batch: 23.1k instructions
@@ -325,15 +326,18 @@ _INSERT_SHAPES = (f"INSERT INTO shapes ({', '.join(SHAPE_COLUMNS)}) VALUES ",
                   _values(len(SHAPE_COLUMNS)))
 _INSERT_ROWS = (f"INSERT INTO log_rows ({', '.join(ROW_COLUMNS)}, shape) VALUES ",
                 _values(len(ROW_COLUMNS) + 1))
-# A replay's row, narrow: `run` and `kind` are written into the statement (RequestLog makes
-# it), and `detail`, `resp_headers` and `resp_body` left NULL (a replay has none). Each
-# parameter sqlite3 binds costs about 500 instructions, a NULL one about 1,000 more (see
-# `_bind_none_and_bytes_directly`): the narrow row is about 30% cheaper to insert. `put`
-# queues such a row narrow, as the values of `_NARROW_COLUMNS` (`_narrow_row`, `_narrowed`),
-# so that neither it nor the writer builds and slices the 16 values of `ROW_COLUMNS`; the
-# live feed is given it widened back (`_widen`). Queue and writer tell the two apart by length.
-_NARROW_COLUMNS = ROW_COLUMNS[1:3] + ROW_COLUMNS[4:13]
-assert ROW_COLUMNS[3] == "kind" and ROW_COLUMNS[13:] == ("detail", "resp_headers", "resp_body")
+# An exact replay's row, narrow: `run`, `kind` and `score` (1.0) are written into the
+# statement (RequestLog makes it), and `detail`, `resp_headers` and `resp_body` left NULL (a
+# replay has none). Each parameter sqlite3 binds costs about 500 instructions, a NULL one about
+# 1,000 more (see `_bind_none_and_bytes_directly`): the narrow row is about 30% cheaper to
+# insert (the score in the statement: 400 instructions less per row, measured on batches of
+# 256; a fuzzy replay's row, scored, is wide). `put` queues such a row narrow, as the values
+# of `_NARROW_COLUMNS` (`_narrow_row`, `_narrowed`), so that neither it nor the writer builds
+# and slices the 16 values of `ROW_COLUMNS`; the live feed is given it widened back
+# (`_widen`). Queue and writer tell the two apart by length.
+_NARROW_COLUMNS = ROW_COLUMNS[1:3] + ROW_COLUMNS[4:5] + ROW_COLUMNS[6:13]
+assert ROW_COLUMNS[3:6:2] == ("kind", "score")
+assert ROW_COLUMNS[13:] == ("detail", "resp_headers", "resp_body")
 _NARROW_LEN = len(_NARROW_COLUMNS)
 _NARROW_WIDTH = _NARROW_LEN + 1  # and the shape's id
 assert _NARROW_LEN != len(ROW_COLUMNS)
@@ -347,6 +351,7 @@ _FIND_SHAPE = ("SELECT id FROM shapes WHERE session = ? AND "
                + " AND ".join(f"{c} IS ?" for c in _FIND_ORDER[1:]) + " LIMIT 1")
 _SESSION_AT = SHAPE_COLUMNS.index("session")
 _KIND_AT = ROW_COLUMNS.index("kind")
+_SCORE_AT = ROW_COLUMNS.index("score")
 _INSERT_BODIES = ("INSERT OR IGNORE INTO bodies (hash, size, data) VALUES ", _values(3))
 _CHUNKS = (256, 32, 4, 1)  # rows per statement; few distinct statements, all cached
 
@@ -697,31 +702,31 @@ def _row(run: str, ev: Any, kind: str, status: int | None, score: float | None,
          play: int | None, plays: int | None, ms: float, ttfb: float | None,
          resp_bytes: int | None, resp_headers: str | None, resp_hash: bytes | None) -> tuple:
     """The values of `ROW_COLUMNS` for the event `ev`: those given, and those read from it."""
-    return _widen(run, kind, _narrow_row(ev, status, score, play, plays, ms, ttfb, resp_bytes),
+    return _widen(run, kind, score, _narrow_row(ev, status, play, plays, ms, ttfb, resp_bytes),
                   ev.detail or None, resp_headers, resp_hash)
 
 
-def _narrow_row(ev: Any, status: int | None, score: float | None, play: int | None,
-                plays: int | None, ms: float, ttfb: float | None,
-                resp_bytes: int | None) -> tuple:
+def _narrow_row(ev: Any, status: int | None, play: int | None, plays: int | None, ms: float,
+                ttfb: float | None, resp_bytes: int | None) -> tuple:
     """The values of `_NARROW_COLUMNS` for the event `ev`: those given, and those read from
     it."""
-    return (ev.id, ev.started_at or time.time(), status, score, play, plays, ms, ttfb,
+    return (ev.id, ev.started_at or time.time(), status, play, plays, ms, ttfb,
             len(ev.request.body), resp_bytes, ev.client or None)
 
 
-def _widen(run: str, kind: str, narrow: tuple, detail: str | None, resp_headers: str | None,
-           resp_hash: bytes | None) -> tuple:
+def _widen(run: str, kind: str, score: float | None, narrow: tuple, detail: str | None,
+           resp_headers: str | None, resp_hash: bytes | None) -> tuple:
     """The values of `ROW_COLUMNS`: a narrow row's (`_NARROW_COLUMNS`) and the others."""
-    return (run, *narrow[:2], kind, *narrow[2:], detail, resp_headers, resp_hash)
+    return (run, *narrow[:2], kind, narrow[2], score, *narrow[3:], detail, resp_headers,
+            resp_hash)
 
 
 def _narrowed(row: tuple) -> tuple:
-    """`row` (the values of `ROW_COLUMNS`) as `put` queues it: a replay's without a detail
-    (and so without response headers and body) narrow, as the values of `_NARROW_COLUMNS`;
-    any other as it is."""
-    if row[_KIND_AT] == "replay" and row[-3:] == _NO_DETAIL:
-        return row[1:3] + row[4:13]
+    """`row` (the values of `ROW_COLUMNS`) as `put` queues it: an exact replay's (score 1.0)
+    without a detail (and so without response headers and body) narrow, as the values of
+    `_NARROW_COLUMNS`; any other as it is."""
+    if row[_KIND_AT] == "replay" and row[_SCORE_AT] == 1.0 and row[-3:] == _NO_DETAIL:
+        return row[1:3] + row[4:5] + row[6:13]
     return row
 
 
@@ -857,9 +862,10 @@ class RequestLog:
         self.max_delay_s = max_delay_s
         self.high_water = high_water
         self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        run_sql = "'" + self.run.replace("'", "''") + "'"  # the run as an SQL literal
         self._insert_narrow = (
-            f"INSERT INTO log_rows (run, kind, {', '.join(_NARROW_COLUMNS)}, shape) VALUES ",
-            _values(_NARROW_WIDTH, "'" + self.run.replace("'", "''") + "', 'replay', "))
+            f"INSERT INTO log_rows (run, kind, score, {', '.join(_NARROW_COLUMNS)}, shape) "
+            f"VALUES ", _values(_NARROW_WIDTH, f"{run_sql}, 'replay', 1.0, "))
         self.dropped = 0
         self.written = 0
         self.writer_cpu_s = 0.0  # CPU time the writer thread spent writing
@@ -992,9 +998,9 @@ class RequestLog:
         body = resp.body if resp is not None else b""
         ms = _ms3(ev.ms)
         pos = ev.position
-        row = _narrow_row(ev, resp.status if resp is not None else None, 1.0,
+        row = _narrow_row(ev, resp.status if resp is not None else None,
                           pos[0] + 1 if pos else None, pos[1] if pos else None, ms, ms,
-                          len(body) if body else sse_bytes)
+                          len(body) if body else sse_bytes)  # score 1.0: exact
         return key, shape, row, blobs
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
@@ -1142,7 +1148,7 @@ class RequestLog:
         self.written += len(items)
         if self.on_rows is not None and self.wants_rows():
             run = self.run
-            self.on_rows(first, [(key, shape, _widen(run, "replay", row, None, None, None)
+            self.on_rows(first, [(key, shape, _widen(run, "replay", 1.0, row, None, None, None)
                                   if len(row) == _NARROW_LEN else row)
                                  for key, shape, row, _ in items])
 

@@ -283,7 +283,8 @@ def test_row_from_event_is_the_shape_and_the_row(kind):
 def test_a_repeated_replay_queues_what_split_event_gives(tmp_path):
     # From its second time on, a replay's row is made from the event's varying values only;
     # what is queued must be what the general path gives, for every variation of the event:
-    # narrow (the values of _NARROW_COLUMNS) for a replay without a detail, wide otherwise.
+    # narrow (the values of _NARROW_COLUMNS) for an exact replay without a detail, wide
+    # otherwise.
     a, b = _answer("a", "Paris."), _answer("b", "Rome.", index=2)
     evs = [_replay(a, "capital?", 1), _replay(a, "capital?", 2),
            _replay(a, "capital?", 3), _replay(a, "other", 4), _replay(b, "capital?", 5)]
@@ -313,12 +314,12 @@ def test_a_repeated_replay_queues_what_split_event_gives(tmp_path):
         numbers: dict[tuple, int] = {}
         for ev, (key, shape, row, blobs) in zip(evs, queued):
             want_shape, want_row, want_blobs = logdb.split_event(ev, lg.run, None, {})
-            narrow = ev.kind == "replay" and not ev.detail
+            narrow = ev.kind == "replay" and not ev.detail and ev.similarity is None
             assert len(row) == len(logdb._NARROW_COLUMNS if narrow else logdb.ROW_COLUMNS)
             if narrow:
                 assert row == tuple(want_row[logdb.ROW_COLUMNS.index(c)]
                                     for c in logdb._NARROW_COLUMNS)
-                row = logdb._widen(lg.run, "replay", row, None, None, None)
+                row = logdb._widen(lg.run, "replay", 1.0, row, None, None, None)
             assert (shape, row) == (want_shape, want_row)
             assert set(blobs) <= set(want_blobs) and (blobs or not want_blobs)
             assert numbers.setdefault(shape, key) == key  # one number per shape
@@ -329,10 +330,10 @@ def test_a_repeated_replay_queues_what_split_event_gives(tmp_path):
 
 
 def test_every_column_is_written_as_row_from_event_gives_it_narrow_or_wide(tmp_path):
-    # The writer inserts a replay's row narrow (run and kind in the statement, detail and the
-    # response's headers and body NULL) and any other row wide, in runs of the same width: in
-    # whatever order they come, each row of `requests` must hold what row_from_event gives,
-    # and the ids the live feed is told must be the rows' own.
+    # The writer inserts an exact replay's row narrow (run, kind and score in the statement,
+    # detail and the response's headers and body NULL) and any other row wide, in runs of the
+    # same width: in whatever order they come, each row of `requests` must hold what
+    # row_from_event gives, and the ids the live feed is told must be the rows' own.
     t0 = time.time() - 60
     a = _answer("a", "Paris.")
     evs = []
@@ -342,6 +343,9 @@ def test_every_column_is_written_as_row_from_event_gives_it_narrow_or_wide(tmp_p
     detailed = _replay(a, "capital of France?", 200, t0 + 20)
     detailed.detail = "client left"  # a replay with a detail: wide
     evs += [detailed, _replay(a, "capital of France?", 201, t0 + 21)]
+    # fuzzy replays: scored below 1 (wide), and 1.0 once rounded (narrow, score in the statement)
+    evs += [_replay(a, "capital of France?", 202, t0 + 22, similarity=0.9),
+            _replay(a, "capital of France?", 203, t0 + 23, similarity=0.99999)]
     evs[3].position = None  # a replay without a position: NULL play and plays, narrow
     path = tmp_path / "log.sqlite"
     got: list[dict] = []
@@ -378,7 +382,8 @@ def test_every_row_keeps_its_bodies_when_its_shape_is_already_written(tmp_path):
         for i in range(3):
             ev = _forward(1)
             ev.id = i
-            ev.response.body = ev.response.body.replace(b'"model"', f'"id": "r{i}", "model"'.encode())
+            ev.response.body = ev.response.body.replace(b'"model"',
+                                                        f'"id": "r{i}", "model"'.encode())
             sent.append(ev.response.body)
             lg.put(ev)
             lg.put(_replay(a, "capital of France?", 10 + i))
