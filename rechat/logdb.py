@@ -1135,6 +1135,7 @@ class RequestLog:
                                  width + 1, params))
                 params += row
                 params.append(ids[key])
+            last = 0
             for insert, width, params in runs:
                 last = _insert_many(db, insert, width, params)
             first = last - len(items) + 1
