@@ -260,8 +260,9 @@ def _top_level(raw: bytes, i: int) -> bool:
             and len(prefix.translate(None, _NESTING)) == i - 1):
         # The usual answer chunk: only flat members before it (the opening brace is the one
         # nesting character or backslash in the prefix; one `translate` finds that, where a
-        # count and four searches took 1,700 instructions more for a 99-byte prefix). Without escapes, quotes alternate opening and closing strings, so
-        # an even count is outside any string.
+        # count and four searches took 1,700 instructions more for a 99-byte prefix).
+        # Without escapes, quotes alternate opening and closing strings, so an even count
+        # is outside any string.
         return prefix.count(b'"') % 2 == 0
     prefix = _STRING.sub(b"", prefix)
     if prefix.find(b'"') >= 0:
