@@ -142,6 +142,18 @@ def test_sse_events_side_by_side_that_are_not_whole_objects_are_not_renamed():
     assert cut in out and out.count(b'"model":"gpt-4"') == 3
 
 
+def test_sse_fast_path_renames_a_model_key_repeated_after_the_head():
+    # A decoder keeps a repeated key's last value: an event that names the model again after
+    # the head the fused path compares must not pass with only the head renamed.
+    objs = [{**chunk({"content": c}), "model": "llama3"} for c in ["Hi", " there", "!"]]
+    data = (sse(objs[:2], done=False) + sse(objs[2:], done=False)[:-3]
+            + b',"model":"llama3"}\n\n' + sse([], done=True))
+    t = lambda: [ThinkTransform("strip"), ModelRestore("gpt-4")]  # noqa: E731
+    for out in (by_events(data, t()), relayed(re.split(b"(?<=\n\n)", data), t())):
+        assert out == byte_by_byte(data, t())
+        assert [json.loads(e)["model"] for e in events(out) if e != "[DONE]"] == ["gpt-4"] * 3
+
+
 def test_sse_model_rename_at_every_byte_boundary():
     # The model name split across network pieces, with the think rewrite in the same chain.
     objs = [{**chunk({"content": c}), "model": "llama3-70b-2024"} for c in ["Hi <th", "ink>x</think>", "!"]]
