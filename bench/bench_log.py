@@ -102,6 +102,37 @@ def run_viewer(port: int) -> None:
     done()
 
 
+class _Workspace:
+    """One run's temp folder (`tmp`, with `logdir` for the servers' output) and the servers
+    and viewers started into it. Leaving the `with` stops them all and removes the folder
+    whatever happened; Ctrl-C or a failure inside it is reported and ends the block with
+    `status` set (130, or 1 once the servers' logs are shown), else `status` stays None."""
+
+    def __init__(self) -> None:
+        self.tmp = tempfile.mkdtemp(prefix="rechat-bench-log-")
+        self.logdir = os.path.join(self.tmp, "logs")
+        os.makedirs(self.logdir)
+        self.servers: dict[str, bp.Server] = {}
+        self.viewers: dict[str, Viewer] = {}
+        self.status: int | None = None
+
+    def __enter__(self) -> "_Workspace":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if kind is KeyboardInterrupt:
+            print("bench interrupted", file=sys.stderr)
+            self.status = 130
+        elif isinstance(exc, Exception):
+            self.status = bp.report_failure(exc, self.servers.values())
+        for v in self.viewers.values():
+            v.stop()
+        for s in self.servers.values():
+            s.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return self.status is not None
+
+
 def _record_fixtures(tmp: str, logdir: str, stream_too: bool) -> dict[bool, str]:
     """Record the fixed answer from a bare upstream through `rechat record`, as JSON and
     (when `stream_too`) streamed: {stream: session folder}."""
@@ -175,13 +206,10 @@ def paired(args: argparse.Namespace) -> int:
     max_req = args.requests or 4000
     max_s = args.seconds or 2.0
     conc = args.concurrency
-    tmp = tempfile.mkdtemp(prefix="rechat-bench-log-")
-    logdir = os.path.join(tmp, "logs")
-    os.makedirs(logdir)
-    servers: dict[str, bp.Server] = {}
     t_run = time.monotonic()
     out: dict[bool, list[tuple[dict, dict, dict, float]]] = {}
-    try:
+    with _Workspace() as ws:
+        tmp, logdir, servers = ws.tmp, ws.logdir, ws.servers
         folders = _record_fixtures(tmp, logdir, not args.no_stream)
         for m in range(args.starts):
             _start_replays(folders, tmp, logdir, ("off", "on"), servers, {}, f"-{m}")
@@ -220,15 +248,8 @@ def paired(args: argparse.Namespace) -> int:
             for s in servers.values():
                 s.stop()
             servers.clear()
-    except KeyboardInterrupt:
-        print("bench interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:
-        return bp.report_failure(e, servers.values())
-    finally:
-        for s in servers.values():
-            s.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    if ws.status is not None:
+        return ws.status
     med = statistics.median
     print()
     print(f"rechat request-log bench, paired  {datetime.date.today()}  python "
@@ -274,15 +295,11 @@ def main() -> int:
     warm = 100 if args.quick else 300
     shapes = [1, args.concurrency]
 
-    tmp = tempfile.mkdtemp(prefix="rechat-bench-log-")
-    logdir = os.path.join(tmp, "logs")
-    os.makedirs(logdir)
-    servers: dict[str, bp.Server] = {}
-    viewers: dict[str, Viewer] = {}
     results: dict[tuple[str, int], list[bp.Phase]] = {}
     writer: dict[str, float] = {}  # writer thread CPU us per row
     t_run = time.monotonic()
-    try:
+    with _Workspace() as ws:
+        tmp, logdir, servers, viewers = ws.tmp, ws.logdir, ws.servers, ws.viewers
         folders = _record_fixtures(tmp, logdir, not args.no_stream)
         keys = _start_replays(folders, tmp, logdir, ("off", "on", "on+viewer"), servers,
                               viewers)
@@ -324,17 +341,8 @@ def main() -> int:
                 db = sqlite3.connect(os.path.join(tmp, f"log-{key}.sqlite"))
                 rows[key] = db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
                 db.close()
-    except KeyboardInterrupt:
-        print("bench interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:
-        return bp.report_failure(e, servers.values())
-    finally:
-        for v in viewers.values():
-            v.stop()
-        for s in servers.values():
-            s.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    if ws.status is not None:
+        return ws.status
 
     med = statistics.median
     print()
