@@ -73,6 +73,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import operator
 import os
 import queue
 import re
@@ -339,6 +340,7 @@ _INSERT_ROWS = (f"INSERT INTO log_rows ({', '.join(ROW_COLUMNS)}, shape) VALUES 
 _NARROW_COLUMNS = ROW_COLUMNS[1:3] + ROW_COLUMNS[4:5] + ROW_COLUMNS[6:13]
 assert ROW_COLUMNS[3:6:2] == ("kind", "score")
 assert ROW_COLUMNS[13:] == ("detail", "resp_headers", "resp_body")
+_NARROW_OF = operator.itemgetter(*(ROW_COLUMNS.index(c) for c in _NARROW_COLUMNS))
 _NARROW_LEN = len(_NARROW_COLUMNS)
 _NARROW_WIDTH = _NARROW_LEN + 1  # and the shape's id
 assert _NARROW_LEN != len(ROW_COLUMNS)
@@ -727,7 +729,7 @@ def _narrowed(row: tuple) -> tuple:
     without a detail (and so without response headers and body) narrow, as the values of
     `_NARROW_COLUMNS`; any other as it is."""
     if row[_KIND_AT] == "replay" and row[_SCORE_AT] == 1.0 and row[-3:] == _NO_DETAIL:
-        return row[1:3] + row[4:5] + row[6:13]
+        return _NARROW_OF(row)
     return row
 
 
