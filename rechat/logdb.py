@@ -102,7 +102,7 @@ REQUEST_HEADERS = frozenset({
     "x-stainless-read-timeout", "x-stainless-timeout",
 })
 PRUNE_EVERY_S = 3600.0
-BATCH_SPAN = 1024  # the most ids one row of `log_batches` covers (see m004_batches)
+BATCH_SPAN = 1024  # a run of `log_batches` grows while it spans fewer ids (m004_batches)
 
 
 class LogError(Exception):
@@ -306,8 +306,9 @@ def m004_batches(db: sqlite3.Connection) -> None:
     # retention only. Rows are written in the order their requests ended, so `at` (arrival)
     # almost follows the id, and a few numbers per run of consecutive ids say where a time
     # range can be: each writer adds its rows' (first id, last id, earliest at, latest at) to
-    # `log_batches`, growing the run it added last while the ids follow on and the run holds
-    # fewer than `BATCH_SPAN` rows. A time range is then an id range (`_filters`), found from
+    # `log_batches`, growing the run it added last while the ids follow on and the run spans
+    # fewer than `BATCH_SPAN` ids (one transaction, at most `RequestLog.batch` rows, is one
+    # run whatever its size). A time range is then an id range (`_filters`), found from
     # a table a few hundred times smaller than the log, and the rows in it checked for `at`.
     db.execute("""
         CREATE TABLE log_batches (
