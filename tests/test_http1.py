@@ -241,6 +241,51 @@ async def test_refused_and_timeouts(raw_server, c):
         await _get(c, silent, "/x", timeout_s=0.3)
 
 
+def _drip(gaps, end: bool):
+    """A raw_server reply: a chunked body, a piece after each gap (s), then its end (`end`) or
+    nothing more."""
+    def reply(t):
+        loop = asyncio.get_running_loop()
+        t.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        at = 0.0
+        for i, gap in enumerate(gaps):
+            at += gap
+            loop.call_later(at, t.write, b"2\r\n%02d\r\n" % i)
+        if end:
+            loop.call_later(at + 0.05, t.write, b"0\r\n\r\n")
+    return reply
+
+
+async def test_the_body_times_out_after_timeout_s_without_a_byte_not_before(raw_server, c):
+    loop = asyncio.get_running_loop()
+
+    async def read(port) -> tuple[bytes, float, str]:
+        got = []
+        t0 = loop.time()
+        async with c.request("GET", HOST, port, "/x", [], b"", 0.4) as r:
+            try:
+                async for piece in r.content.iter_any():
+                    got.append(piece)
+            except asyncio.TimeoutError:
+                return b"".join(got), loop.time() - t0, "timeout"
+        return b"".join(got), loop.time() - t0, "end"
+
+    # Pieces 0.25 s apart for 1.5 s: each wait is under the timeout, the whole body far over.
+    body, took, how = await asyncio.wait_for(read(await raw_server(_drip([0.25] * 6, True))), 5)
+    assert (body, how) == (b"000102030405", "end") and took >= 1.5
+    # The same pieces and one 0.1 s later, then silence: the wait for more times out 0.4 s
+    # after the last one (a wait that begins while the timer is set for an earlier one).
+    gaps = [0.25] * 6 + [0.1]
+    body, took, how = await asyncio.wait_for(read(await raw_server(_drip(gaps, False))), 5)
+    assert (body, how) == (b"00010203040506", "timeout") and 1.6 + 0.39 <= took < 1.6 + 0.7
+    # A body given back half read leaves no timer behind (it would hold the body until then).
+    async with c.request("GET", HOST, await raw_server(_drip(gaps, True)), "/x", [], b"",
+                         60) as r:
+        async for _ in r.content.iter_any():
+            break
+    assert r.content._timer is None
+
+
 async def test_the_upstream_uses_it_for_plain_http_only(upstream, c):
     port, seen = upstream
     async with aiohttp.ClientSession() as session:
