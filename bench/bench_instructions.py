@@ -22,7 +22,11 @@ restored in answers, --think strip), each under valgrind, answering `--server-re
 then five times as many requests over one connection; the difference per request is the
 server's instructions for one request, everything included (HTTP, the relay, the rewrite).
 It prints plain, gateway and their ratio for the JSON answer and the stream: issue 5's ratio
-without the machine's noise (but counting instructions, not time). Takes a few minutes.
+without the machine's noise (but counting instructions, not time). Takes a few minutes. The
+stream's count moves by a few percent between runs: the proxy reads the upstream's 17 writes
+in pieces of several events, cut wherever the timing falls. `--event-gap-ms 5` counts the
+stream alone with its events 5 ms apart, as a model's tokens come: each event is then a piece
+of its own, and two runs agree.
 
 `--log` counts what the request log costs a replay, as bench_log.py runs it: `rechat replay`
 of a recorded answer with `--no-ui` (no log) and with `--log-db FILE` (the UI and the log),
@@ -34,6 +38,7 @@ GIL between the two threads cost in time. Issue 4's ratio without the machine's 
 
     .venv/bin/python bench/bench_instructions.py [--workload NAME ...] [--number 200]
     .venv/bin/python bench/bench_instructions.py --servers [--server-requests 100]
+    .venv/bin/python bench/bench_instructions.py --servers --event-gap-ms 5
     .venv/bin/python bench/bench_instructions.py --log [--server-requests 100]
 
 Every counted process runs with PYTHONHASHSEED=0 (the count then repeats to about 0.1%).
@@ -138,13 +143,15 @@ def server_count(argv: list[str], stream: bool, n: int, tmp: str, warm: int = 1,
     return int(m.group(1).replace(",", ""))
 
 
-def _bare_upstream(tmp: str):
-    """Start bench_proxy.py's bare upstream on a free 127.0.0.1 port; return (server, port)."""
+def _bare_upstream(tmp: str, gap_ms: float = 0.0):
+    """Start bench_proxy.py's bare upstream on a free 127.0.0.1 port, pausing `gap_ms` ms after
+    each event of a stream; return (server, port)."""
     import bench_proxy as bp
 
     port = bp.free_port()
     return bp.Server("bare", [bp.PY, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                  "bench_proxy.py"), "--bare-server", str(port)],
+                                                  "bench_proxy.py"), "--bare-server", str(port),
+                              "--event-gap-ms", str(gap_ms)],
                      port, tmp).start(), port
 
 
@@ -156,13 +163,14 @@ def per_request(argv: list[str], stream: bool, n: int, tmp: str, **warm) -> floa
     return (long - short) / (5 * n) / 1000
 
 
-def servers(n: int) -> int:
-    """The `--servers` run (module docstring)."""
+def servers(n: int, gap_ms: float = 0.0) -> int:
+    """The `--servers` run (module docstring); with `gap_ms`, the stream only, its events
+    `gap_ms` ms apart."""
     import tempfile
     import bench_proxy as bp
 
     tmp = tempfile.mkdtemp(prefix="rechat-bench-ir-")
-    bare, bare_port = _bare_upstream(tmp)
+    bare, bare_port = _bare_upstream(tmp, gap_ms)
     up = f"http://{bp.HOST}:{bare_port}/v1"
     common = ["--no-ui", "--sessions", os.path.join(tmp, "s")]
     configs = {"plain": ["passthrough", up, *common],
@@ -170,7 +178,7 @@ def servers(n: int) -> int:
                            "--model-map", '{"/gpt-4o-.*/": "llama3"}', "--restore-model",
                            "--think", "strip", *common]}
     try:
-        for stream in (False, True):
+        for stream in (True,) if gap_ms else (False, True):
             per = {}
             for name, argv in configs.items():
                 per[name] = per_request(argv, stream, n, tmp)
@@ -230,6 +238,9 @@ def main() -> int:
                     help="count replay servers, log off and on (module docstring)")
     ap.add_argument("--server-requests", type=int, default=100,
                     help="requests of the short server run (the long one answers 6 times as many)")
+    ap.add_argument("--event-gap-ms", type=float, default=0.0,
+                    help="with --servers: count the stream only, its events this many ms apart "
+                         "(each a piece of its own, as a model's tokens come)")
     ap.add_argument("--run", nargs=2, help=argparse.SUPPRESS)  # internal: the counted run
     args = ap.parse_args()
     if args.run:
@@ -239,7 +250,7 @@ def main() -> int:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 1
     if args.servers:
-        return servers(args.server_requests)
+        return servers(args.server_requests, args.event_gap_ms)
     if args.log:
         return log_servers(args.server_requests)
     n = args.number

@@ -94,8 +94,13 @@ SSE_EVENTS = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in _chunks()] +
 
 # -- the bare server (run as `bench_proxy.py --bare-server PORT`) -----------------------------
 
-def run_bare_server(port: int) -> None:
-    """A minimal aiohttp server: parse the JSON body, answer the fixed completion or stream."""
+def run_bare_server(port: int, gap_ms: float = 0.0) -> None:
+    """A minimal aiohttp server: parse the JSON body, answer the fixed completion or stream.
+
+    A stream is `SSE_EVENTS`, one write each, and a pause of `gap_ms` ms after each when it is
+    not 0: a model's tokens come tens of ms apart, so a proxy gets each event as a piece of its
+    own, where without the pause it gets them in pieces of several events, cut anywhere.
+    """
     from aiohttp import web
 
     async def chat(request: web.Request) -> web.StreamResponse:
@@ -106,6 +111,8 @@ def run_bare_server(port: int) -> None:
             await resp.prepare(request)
             for ev in SSE_EVENTS:
                 await resp.write(ev)
+                if gap_ms:
+                    await asyncio.sleep(gap_ms / 1000)
             await resp.write_eof()
             return resp
         return web.Response(body=COMPLETION_BYTES, content_type="application/json")
@@ -622,6 +629,7 @@ def main() -> int:
                     + ",".join(s.key for s in SCENARIOS))
     ap.add_argument("--json", metavar="FILE", help="also write the raw figures to FILE")
     ap.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--event-gap-ms", type=float, default=0.0, help=argparse.SUPPRESS)  # its pause
     ap.add_argument("--raw-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--pipe-server", type=int, nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--aiohttp-forward-server", type=int, nargs=2, help=argparse.SUPPRESS)
@@ -633,7 +641,7 @@ def main() -> int:
         run_aiohttp_forward_server(*args.aiohttp_forward_server)
         return 0
     if args.bare_server:
-        run_bare_server(args.bare_server)
+        run_bare_server(args.bare_server, args.event_gap_ms)
         return 0
     if args.raw_server:
         run_raw_server(args.raw_server)
