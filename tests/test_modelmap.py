@@ -292,3 +292,15 @@ def test_model_span_finds_only_the_top_level_model(body, model, at, spelling):
     assert isinstance(obj.get("model"), str) and json.loads(raw[a:b + 1]) == obj["model"]
     renamed = json.loads(raw[:a] + b'"renamed"' + raw[b + 1:])
     assert renamed == {**obj, "model": "renamed"}
+
+
+def test_request_bytes_rename_to_another_name_for_the_same_asked_name():
+    # The spellings are kept per name asked; a second map sending that name elsewhere (another
+    # gateway in the process, a reloaded map) must not get the first one's target.
+    body = {"model": "gpt-4", "messages": [{"role": "user", "content": "Hi"}]}
+    for dumps in (json.dumps, lambda b: json.dumps(b, separators=(",", ":"))):
+        raw = dumps(body).encode()
+        for served in ("llama3-70b", "qwen3", "llama3-70b"):
+            for decoded in (True, False):
+                out = rewrite_request_bytes(raw, "gpt-4", served, decoded=decoded)
+                assert json.loads(out) == {**body, "model": served}
