@@ -211,16 +211,41 @@ def _model_span(raw: bytes) -> tuple[int, int] | None:
     object (a decoder would reject it otherwise). O(len(raw)), all of it in C for the usual
     shapes.
     """
-    if raw.find(b"\\") >= 0 and raw.find(b"\\u") >= 0 and _ESCAPED_KEY_CHAR.search(raw):
+    got = _locate(raw)
+    return got if got is None or got is _ABSENT else got[:2]
+
+
+def _locate(raw: bytes) -> tuple[int, int, int] | None:
+    """`_model_span` and where the key starts: ``(start, end, key)``, `key` the index of the
+    one ``"model"`` in `raw` when it holds that once, else -1; `_ABSENT` or None as there."""
+    slash = raw.find(b"\\") >= 0
+    if slash and raw.find(b"\\u") >= 0 and _ESCAPED_KEY_CHAR.search(raw):
         return None
-    if raw.count(_KEY) == 1:
-        # The usual body: one "model" (so no repeated key), found with its value in one call.
-        m = _KEY_AND_VALUE.search(raw)
+    parts = raw.split(_KEY)
+    if len(parts) == 2:
+        # The usual body: one "model" (so no repeated key). One split gives where it is and
+        # the bytes before it, whose flatness says it is a top-level key.
+        before, after = parts
+        i = len(before)
+        if not slash:
+            # No escapes anywhere (the usual answer): the value, in either usual spelling,
+            # runs to the next quote. Before the key, only flat members: the opening brace is
+            # the one nesting character (one `translate` finds that) and quotes alternate
+            # opening and closing strings, so an even count is outside any string.
+            s = i + 9 if after[:3] == b': "' else i + 8 if after[:2] == b':"' else 0
+            if (s and before[:1] == b"{" and raw[-1:] == b"}"
+                    and len(before.translate(None, _NESTING)) == i - 1
+                    and before.count(b'"') % 2 == 0):
+                e = raw.find(b'"', s + 1)  # s: the opening quote
+                if e >= 0:
+                    return (s, e, i)
+        # Its value found with it in one call.
+        m = _KEY_AND_VALUE.match(raw, i)
         if m is not None:
-            if not _top_level(raw, m.start()):
+            if not _top_level(raw, i):
                 return _ABSENT  # a nested object's key; text in strings never matches
-            return (m.start(1) - 1, m.end(1)) if _looks_object(raw) else None
-    found: tuple[int, int] | None = None
+            return (m.start(1) - 1, m.end(1), i) if _looks_object(raw) else None
+    found: tuple[int, int, int] | None = None
     n = len(raw)
     i = raw.find(_KEY)
     while i >= 0:
@@ -238,7 +263,7 @@ def _model_span(raw: bytes) -> tuple[int, int] | None:
             k = raw.find(b'"', j + 1)
             if k < 0 or raw.find(b"\\", j + 1, k) >= 0:
                 return None  # escaped, or cut short
-            found = (j, k)
+            found = (j, k, -1)
             i = raw.find(_KEY, k + 1)
         else:
             i = raw.find(_KEY, i + 1)
@@ -389,20 +414,21 @@ class ModelRestore:
             if (raw.find(_KEY, n) < 0 and (raw.find(b"\\", n) < 0 or raw.find(b"\\u", n) < 0)
                     and raw.rstrip(_WS)[-1:] == b"}"):
                 return raw if memo[1] is memo[0] else memo[1] + raw[n:]
-        span = _model_span(raw)
-        if span is None:
+        got = _locate(raw)
+        if got is None:
             return None
-        if span is _ABSENT:
+        if got is _ABSENT:
             return raw
-        start, end = span
+        start, end, cut = got
         if whole:  # a whole answer: no chunk follows for the memo to serve
             if raw[start:end + 1] == self._asked_raw:
                 return raw
             return raw[:start] + self._asked_raw + raw[end + 1:]
         head = raw[:end + 1]
-        cut = head.rfind(_KEY, 0, start)
-        if cut < 0 or head.count(_KEY) != 1:
-            cut = 0
+        if cut < 0:  # (else `raw`, and so `head`, holds the key once, there)
+            cut = head.rfind(_KEY, 0, start)
+            if cut < 0 or head.count(_KEY) != 1:
+                cut = 0
         if raw[start:end + 1] == self._asked_raw:
             self._memo = (head, head, cut)
             return raw
