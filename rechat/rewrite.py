@@ -69,7 +69,11 @@ def _chain_feed(transforms: Sequence[ObjectTransform], obj: dict) -> list[dict]:
 def _chain_end(transforms: Sequence[ObjectTransform]) -> list[dict]:
     items: list[dict] = []
     for t in transforms:
-        items = [x for it in items for x in t.feed(it)] + t.end()
+        if items:  # (a comprehension is a call: skipped while there is nothing to feed)
+            items = [x for it in items for x in t.feed(it)]
+        got = t.end()
+        if got:
+            items = items + got
     return items
 
 
@@ -236,7 +240,9 @@ class SSEStreamRewriter:
             else:
                 self._aside = self.transforms.pop(0)
                 self._aside_stops, self._aside_escape = stops, escape
-        self._many = [_raw_events_of(t) for t in self.transforms]  # see _feed_events
+        # See _feed_events, which works them out on first use: a stream whose pieces are one
+        # event each takes the fused path and never needs them.
+        self._many: list | None = None
         self._block: list[bytes] = []  # complete lines of the current block
         self._partial: list[bytes] = []  # an unterminated line, or one ending in CR
         self._first_line = True
@@ -333,7 +339,8 @@ class SSEStreamRewriter:
             SSEStreamRewriter([aside], defer=False).feed(b"".join(self._history))
             self._history.clear()
         self.transforms.insert(0, aside)
-        self._many.insert(0, _raw_events_of(aside))
+        if self._many is not None:
+            self._many.insert(0, _raw_events_of(aside))
         self._update_plan()
 
     def _update_plan(self) -> None:
@@ -445,6 +452,8 @@ class SSEStreamRewriter:
         done = head.endswith(b"data: [DONE]\n\n")
         new, n = (head[:-14], count - 1) if done else (head, count)
         if n:
+            if self._many is None:
+                self._many = [_raw_events_of(t) for t in self.transforms]
             for many in self._many:
                 new = many(new, n)
                 if new is None:
@@ -534,7 +543,9 @@ class SSEStreamRewriter:
             out = self._lines(data, final=True)
         if not self._ended:
             out += self._end()
-        return out + b"".join(self._block) + b"".join(self._partial)
+        if self._block or self._partial:
+            out += b"".join(self._block) + b"".join(self._partial)
+        return out
 
     def _lines(self, buf: bytes, final: bool) -> bytes:
         lines = buf.splitlines(True)
@@ -614,7 +625,8 @@ class SSEStreamRewriter:
 
     def _end(self) -> bytes:
         self._ended = True
-        return b"".join(b"data: " + _dumps(o) + b"\n\n" for o in _chain_end(self.transforms))
+        objs = _chain_end(self.transforms)  # mostly none: every stream ends here
+        return b"".join([b"data: " + _dumps(o) + b"\n\n" for o in objs]) if objs else b""
 
 
 class NDJSONStreamRewriter:
@@ -680,10 +692,19 @@ def stream_rewriter(content_type: str, transforms: Sequence[ObjectTransform]
     ``text/event-stream`` -> SSE; ``application/x-ndjson`` (Ollama), ``application/ndjson``,
     ``application/jsonl`` -> NDJSON. For ``application/json`` use `rewrite_json` on the body.
     """
-    ctype = content_type.split(";", 1)[0].strip().lower()
-    if ctype == "text/event-stream":
-        return SSEStreamRewriter(transforms)
-    if ctype in ("application/x-ndjson", "application/ndjson", "application/jsonl",
-                 "application/x-jsonlines"):
-        return NDJSONStreamRewriter(transforms)
-    return None
+    kind = _STREAM_KINDS.get(content_type, _UNSEEN)
+    if kind is _UNSEEN:
+        ctype = content_type.split(";", 1)[0].strip().lower()
+        kind = (SSEStreamRewriter if ctype == "text/event-stream" else NDJSONStreamRewriter
+                if ctype in ("application/x-ndjson", "application/ndjson", "application/jsonl",
+                             "application/x-jsonlines") else None)
+        if len(_STREAM_KINDS) >= 64:
+            _STREAM_KINDS.clear()
+        _STREAM_KINDS[content_type] = kind
+    return None if kind is None else kind(transforms)
+
+
+# Content-Type header value -> its rewriter's class (None: not a stream). Upstreams send a
+# handful of spellings, each on every answer: parsed once each (four calls: 2,500 instructions).
+_STREAM_KINDS: dict[str, Any] = {}
+_UNSEEN = object()

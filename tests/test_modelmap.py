@@ -304,3 +304,19 @@ def test_request_bytes_rename_to_another_name_for_the_same_asked_name():
             for decoded in (True, False):
                 out = rewrite_request_bytes(raw, "gpt-4", served, decoded=decoded)
                 assert json.loads(out) == {**body, "model": served}
+
+
+def test_what_the_think_rewrite_holds_at_the_end_is_renamed_too():
+    # A stream cut short (no finish_reason, no [DONE]) while the think rewrite holds the start
+    # of a marker: end() sends it in a new chunk, which the model renames must take as well.
+    chunk = {"id": "x", "object": "chat.completion.chunk", "model": "llama3-70b",
+             "choices": [{"index": 0, "delta": {"content": "Hi <th"}, "finish_reason": None}]}
+    raw = json.dumps(chunk).encode()
+    for names in (["gpt-4"], ["gpt-4", "gpt-5"]):
+        for make, piece in ((SSEStreamRewriter, b"data: " + raw + b"\n\n"),
+                            (NDJSONStreamRewriter, raw + b"\n")):
+            rw = make([ThinkTransform("strip"), *[ModelRestore(n) for n in names]])
+            out = rw.feed(piece) + rw.close()
+            objs = [json.loads(x.removeprefix(b"data: ")) for x in out.split(b"\n") if x.strip()]
+            assert [o["choices"][0]["delta"]["content"] for o in objs] == ["Hi ", "<th"]
+            assert [o["model"] for o in objs] == [names[-1]] * 2

@@ -61,6 +61,15 @@ def test_stream_rewriter_by_content_type():
     assert isinstance(stream_rewriter("text/event-stream; charset=utf-8", []), SSEStreamRewriter)
     assert isinstance(stream_rewriter("application/x-ndjson", []), NDJSONStreamRewriter)
     assert stream_rewriter("application/json", []) is None
+    # The class is kept per header value: asked again, in any order, each gets its own.
+    for _ in range(2):
+        for ctype, kind in (("Text/Event-Stream", SSEStreamRewriter),
+                            ("application/json; charset=utf-8", type(None)),
+                            ("application/jsonl", NDJSONStreamRewriter),
+                            ("text/event-stream; charset=utf-8", SSEStreamRewriter),
+                            ("application/json", type(None))):
+            rw = stream_rewriter(ctype, [ModelRestore("m")])
+            assert type(rw) is kind and (rw is None or rw.transforms[0].asked == "m")
 
 
 def test_transforms_never_mutate_their_input():
