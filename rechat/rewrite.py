@@ -523,7 +523,8 @@ class SSEStreamRewriter:
                         and events.count(stop) != count * per_head):
                     return None
             if new is not None:
-                events = events.replace(old, fresh)
+                # One scan (split, then join), where replace scans twice (it counts first).
+                events = fresh.join(events.split(old))
         if done:
             events += (b"" if self._ended else self._end()) + b"data: [DONE]\n\n"
             self._plan = None  # the transforms ended: feed() works out the next plan
