@@ -604,3 +604,33 @@ def test_a_choice_index_first_seen_while_the_others_are_idle():
     got = [json.loads(e) for e in events(by_events(sse(TWO_CHOICES), [ThinkTransform("strip")]))
            if e != "[DONE]"]
     assert got == ref
+
+
+def test_whole_answers_with_other_patterns_or_modes_in_turn_are_each_rewritten():
+    # ThinkTransform keeps the first bytes of the last (mode, patterns) pair it was made with:
+    # a transform made after one with another pair must look for its own markers.
+    from rechat.rewrite import rewrite_json
+    # (Markers that start with a character JSON does not use for structure.)
+    other = ThinkPatterns(open_pattern="%%a%%", close_pattern="%%/a%%")
+
+    def answer(text: str) -> bytes:
+        return json.dumps({"choices": [{"index": 0, "message": {"content": text}}]}).encode()
+
+    def content(body: bytes) -> str:
+        return json.loads(body)["choices"][0]["message"]["content"]
+
+    for _ in range(2):
+        assert content(rewrite_json(answer("x"), [ThinkTransform("strip")])) == "x"
+        # The same mode, patterns whose markers start with another character.
+        assert content(rewrite_json(answer("%%a%%r%%/a%%y"), [ThinkTransform("strip", other)])) == "y"
+        # The same patterns, after a mode whose markers start with fewer characters.
+        assert content(rewrite_json(answer("x"), [ThinkTransform("strip")])) == "x"
+        assert content(rewrite_json(answer("%%a%%r"), [ThinkTransform("tags", other)])) == "<think>r"
+        assert content(rewrite_json(answer("<think>r</think>y"), [ThinkTransform("strip", other)])) == "y"
+
+
+def test_a_whole_answer_with_escaped_markers_is_rewritten():
+    # A marker spelled with \u escapes shows no "<" in the bytes: the answer must be decoded.
+    raw = b'{"choices": [{"index": 0, "message": {"content": "\\u003cthink\\u003er\\u003c/think\\u003eB"}}]}'
+    from rechat.rewrite import rewrite_json
+    assert json.loads(rewrite_json(raw, [ThinkTransform("strip")]))["choices"][0]["message"]["content"] == "B"
