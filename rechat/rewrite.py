@@ -348,13 +348,22 @@ class SSEStreamRewriter:
         plan = self._plan = (None if self._partial or self._block or self._closed or self._ended
                              else self._make_plan())
         if plan is not None:
-            # (List comprehensions and slices: a generator costs 2,000 instructions more, and
-            # this runs for every stream.)
+            # (Loops, not comprehensions or generators, over these few items: a comprehension
+            # is a call, and this runs for every stream.)
             stops, head, new, tail, old, fresh = plan
-            plain = (tuple([x for x in stops if x[:1] != b"\\"]), head, new,
-                     tuple([x for x in tail if x[0][:1] != b"\\"]), old, fresh)
+            plain_stops: list[bytes] = []
+            for x in stops:
+                if x[:1] != b"\\":
+                    plain_stops.append(x)
+            plain_tail = []
+            for x in tail:
+                if x[0][:1] != b"\\":
+                    plain_tail.append(x)
             # _make_plan puts CR first among the stops, and the filter above keeps their order.
-            self._variants = (plain, plan, (plain[0][1:],) + plain[1:], (stops[1:],) + plan[1:])
+            plain_stops = tuple(plain_stops)
+            plain = (plain_stops, head, new, tuple(plain_tail), old, fresh)
+            self._variants = (plain, plan, (plain_stops[1:], head, new, plain[3], old, fresh),
+                              (stops[1:], head, new, tail, old, fresh))
 
     def _make_plan(self) -> _Plan | None:
         """Fuse the transforms' `raw_rule`s into one test on an event's bytes, or None.
@@ -369,18 +378,21 @@ class SSEStreamRewriter:
         """
         if self._first_line:
             return None
+        head, new, cut = b"", None, 0
+        tail: tuple[bytes, ...] = ()
+        # CR first (_update_plan counts on it), then each stop once, in order.
         stops: list[bytes] = [b"\r", *self._aside_stops]
         if self._aside_escape:
             stops.append(b"\\u")
-        head, new, cut = b"", None, 0
-        tail: tuple[bytes, ...] = ()
         for t in self.transforms:
             rule = getattr(t, "raw_rule", None)
             got = rule() if rule is not None else None
             if got is None or head:
                 return None  # no rule, or a rule after a renaming one
             t_stops, t_head, t_new, t_tail, t_cut = got
-            stops += t_stops
+            for x in t_stops:
+                if x not in stops:
+                    stops.append(x)
             if t_head:
                 head, tail, cut = t_head, t_tail, t_cut
                 new = None if t_new is t_head or t_new == t_head else b"data: " + t_new
@@ -388,9 +400,14 @@ class SSEStreamRewriter:
                 return None
         head = b"data: " + head
         cut = cut + 6 if cut else 0
-        # CR stays first (dict keys keep their order): _update_plan counts on it.
-        return (tuple(dict.fromkeys(stops)), head, new, tuple([(x, head.count(x)) for x in tail]),
-                head[cut:], None if new is None else new[cut:])
+        # How often the head holds each tail stop (none starting with a backslash when it
+        # holds no backslash: a memchr instead of a count).
+        slash = head.partition(b"\\")[1]
+        counted = []
+        for x in tail:
+            counted.append((x, head.count(x) if slash or x[:1] != b"\\" else 0))
+        return (tuple(stops), head, new, tuple(counted), head[cut:],
+                None if new is None else new[cut:])
 
     def _feed(self, data: bytes) -> bytes:
         if not self._partial and not self._block:
