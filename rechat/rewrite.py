@@ -294,12 +294,13 @@ class SSEStreamRewriter:
                             self._history.append(data)
                         return data if new is None else new + rest
         if self._aside is not None:
+            # (partition: no arguments parsed, as find does, on every piece of a stream)
             for stop in self._aside_stops:
-                if data.find(stop) >= 0:
+                if data.partition(stop)[1]:
                     self._settle()
                     break
             else:
-                if self._aside_escape and data.find(b"\\") >= 0 and (
+                if self._aside_escape and data.partition(b"\\")[1] and (
                         data.find(b"\\u") >= 0 or data[-1:] == b"\\"):
                     self._settle()  # (a \\u split between pieces: the first ends in \\)
                 else:
