@@ -185,6 +185,29 @@ _Plan = tuple[tuple[bytes, ...], bytes, "bytes | None", tuple[tuple[bytes, int],
               "bytes | None"]
 
 
+def _stop_sets(aside: tuple[bytes, ...], escape: bool, extra: tuple[bytes, ...],
+               tail: tuple[bytes, ...]) -> tuple[tuple[bytes, ...], ...]:
+    """The stops of a fused plan (`SSEStreamRewriter._make_plan`) and their variants.
+
+    From the set-aside transform's stops (`aside`, and ``\\u`` when `escape`), the other
+    transforms' stops (`extra`) and the renaming rule's tail stops: ``(stops, plain,
+    plain without CR, stops without CR, (keep, ...))``. `stops` is CR first, then each stop
+    once in order; `plain` leaves out those that start with a backslash (none can occur in
+    bytes without one); the last item says, for each tail stop, whether it is plain.
+    """
+    stops: list[bytes] = [b"\r"]
+    for x in (*aside, *((b"\\u",) if escape else ()), *extra):
+        if x not in stops:
+            stops.append(x)
+    plain = tuple([x for x in stops if x[:1] != b"\\"])
+    return (tuple(stops), plain, plain[1:], tuple(stops[1:]),
+            tuple([x[:1] != b"\\" for x in tail]))
+
+
+# (aside stops, escape, the transforms' stops, the tail stops) -> `_stop_sets` of them.
+_STOP_SETS: dict[tuple, tuple[tuple[bytes, ...], ...]] = {}
+
+
 class SSEStreamRewriter:
     """Rewrite a ``text/event-stream`` body incrementally: ``feed(bytes) -> bytes``, ``close()``.
 
@@ -255,6 +278,7 @@ class SSEStreamRewriter:
         # caller's SSE parser found it whole" (LF only: no CR to look for) + "it holds a
         # backslash" (else no stop that starts with one, such as \\u, can occur in it).
         self._variants: tuple[_Plan, _Plan, _Plan, _Plan] | None = None
+        self._stop_sets: tuple[tuple[bytes, ...], ...] = ()  # the last plan's (_make_plan)
 
     def feed(self, data: bytes, whole: int = 0) -> bytes:
         """Take the next piece of the upstream's body; return the bytes for the client.
@@ -349,22 +373,18 @@ class SSEStreamRewriter:
         plan = self._plan = (None if self._partial or self._block or self._closed or self._ended
                              else self._make_plan())
         if plan is not None:
-            # (Loops, not comprehensions or generators, over these few items: a comprehension
-            # is a call, and this runs for every stream.)
             stops, head, new, tail, old, fresh = plan
-            plain_stops: list[bytes] = []
-            for x in stops:
-                if x[:1] != b"\\":
-                    plain_stops.append(x)
+            _, plain_stops, plain_whole, whole_stops, tail_plain = self._stop_sets
+            # The tail stops that do not start with a backslash (a loop over these few: a
+            # comprehension is a call, and this runs for every stream).
             plain_tail = []
-            for x in tail:
-                if x[0][:1] != b"\\":
+            for x, keep in zip(tail, tail_plain):
+                if keep:
                     plain_tail.append(x)
-            # _make_plan puts CR first among the stops, and the filter above keeps their order.
-            plain_stops = tuple(plain_stops)
-            plain = (plain_stops, head, new, tuple(plain_tail), old, fresh)
-            self._variants = (plain, plan, (plain_stops[1:], head, new, plain[3], old, fresh),
-                              (stops[1:], head, new, tail, old, fresh))
+            plain_tail = tuple(plain_tail)
+            self._variants = ((plain_stops, head, new, plain_tail, old, fresh), plan,
+                              (plain_whole, head, new, plain_tail, old, fresh),
+                              (whole_stops, head, new, tail, old, fresh))
 
     def _make_plan(self) -> _Plan | None:
         """Fuse the transforms' `raw_rule`s into one test on an event's bytes, or None.
@@ -375,30 +395,35 @@ class SSEStreamRewriter:
         from the rule's `cut` on, so that a rename is one replace of `old` (see `_bulk`).
         Only one transform (the last with a rule, so that no other rule reads renamed bytes)
         may change bytes; the event must also hold no CR, so that its one line is its one
-        data line.
+        data line. Leaves the stops' variants in `_stop_sets` (see `_stop_sets`).
         """
         if self._first_line:
             return None
         head, new, cut = b"", None, 0
         tail: tuple[bytes, ...] = ()
-        # CR first (_update_plan counts on it), then each stop once, in order.
-        stops: list[bytes] = [b"\r", *self._aside_stops]
-        if self._aside_escape:
-            stops.append(b"\\u")
+        extra: tuple[bytes, ...] = ()  # the transforms' own stops, in order
         for t in self.transforms:
             rule = getattr(t, "raw_rule", None)
             got = rule() if rule is not None else None
             if got is None or head:
                 return None  # no rule, or a rule after a renaming one
             t_stops, t_head, t_new, t_tail, t_cut = got
-            for x in t_stops:
-                if x not in stops:
-                    stops.append(x)
+            if t_stops:
+                extra += t_stops
             if t_head:
                 head, tail, cut = t_head, t_tail, t_cut
                 new = None if t_new is t_head or t_new == t_head else b"data: " + t_new
             elif t_tail:
                 return None
+        # The stops depend on the configuration only (the same for every stream of a
+        # gateway): worked out once per set, not per stream.
+        key = (self._aside_stops, self._aside_escape, extra, tail)
+        sets = _STOP_SETS.get(key)
+        if sets is None:
+            if len(_STOP_SETS) >= 64:
+                _STOP_SETS.clear()
+            sets = _STOP_SETS[key] = _stop_sets(*key)
+        self._stop_sets = sets
         head = b"data: " + head
         cut = cut + 6 if cut else 0
         # How often the head holds each tail stop (none starting with a backslash when it
@@ -407,7 +432,7 @@ class SSEStreamRewriter:
         counted = []
         for x in tail:
             counted.append((x, head.count(x) if slash or x[:1] != b"\\" else 0))
-        return (tuple(stops), head, new, tuple(counted), head[cut:],
+        return (sets[0], head, new, tuple(counted), head[cut:],
                 None if new is None else new[cut:])
 
     def _feed(self, data: bytes) -> bytes:
