@@ -320,3 +320,22 @@ def test_what_the_think_rewrite_holds_at_the_end_is_renamed_too():
             objs = [json.loads(x.removeprefix(b"data: ")) for x in out.split(b"\n") if x.strip()]
             assert [o["choices"][0]["delta"]["content"] for o in objs] == ["Hi ", "<th"]
             assert [o["model"] for o in objs] == [names[-1]] * 2
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_an_event_that_does_not_start_with_the_head_is_renamed_where_it_is(kind):
+    # The fused path takes an event that starts with the head of the chunks renamed before;
+    # one with another head (another id, the model elsewhere or none) goes the general way,
+    # whether the piece comes as bytes or as a bytearray.
+    def event(obj):
+        return b"data: " + json.dumps(obj).encode() + b"\n\n"
+    first = {"id": "a", "model": "llama3", "choices": [{"index": 0, "delta": {"content": "x"}}]}
+    moved = {"id": "b", "object": "chunk", "model": "llama3",
+             "choices": [{"index": 0, "delta": {"content": "y"}}]}
+    none = {"id": "c", "choices": [{"index": 0, "delta": {"content": "z"}}]}
+    for whole in (0, 1):
+        rw = SSEStreamRewriter([ModelRestore("gpt-4")])
+        out = b"".join(rw.feed(kind(event(o)), whole) for o in (first, first, moved, first, none))
+        out += rw.close()
+        objs = [json.loads(e[6:]) for e in bytes(out).split(b"\n\n") if e]
+        assert objs == [restore_response_model(o, "gpt-4") for o in (first, first, moved, first, none)]
