@@ -162,7 +162,7 @@ class Gateway:
     def candidates(self, model: str | None, port: int | None) -> list[tuple[Route, Upstream]]:
         """Return the (route, upstream) pairs to try for a request, best first."""
         routes = self.balancer.candidates(model, port)
-        if len(routes) == 1:  # the usual pool (a comprehension is a call: 2,500 instructions)
+        if len(routes) == 1:  # the usual pool (a comprehension is a function call)
             return [(routes[0], self.upstreams[routes[0].name])]
         return [(r, self.upstreams[r.name]) for r in routes]
 
