@@ -24,8 +24,6 @@ written by a newer rechat (a higher version than this one knows) is refused with
               counts that need no column of shapes, which read log_rows); read-only
     bodies    request and response bodies by content (BLAKE2b-128): a body sent a thousand
               times is kept once; at most `BODY_LIMIT` bytes of each
-    log_batches  runs of consecutive row ids with the earliest and latest `at` among them:
-              time ranges and retention find their rows by id from these (m004)
     log_state how many prunes ran, so that every writer learns when shapes and bodies it
               wrote may have been deleted
 
@@ -38,17 +36,16 @@ numbers the shape (one number per distinct shape, from a dict) and appends the t
 queue: a few microseconds on the event loop, and the event is freed at once. A writer thread
 inserts, in one transaction, the shapes it has not written yet (by number), then the queued
 rows, with multi-row INSERT statements (sqlite3 hands the GIL over around every statement:
-one statement per row would be one forced switch of the event loop per row), notes their
-ids and times in `log_batches` (one statement per transaction, in place of an index on `at`
-that cost every row), and hands the rows to `on_rows` (the web UI's live stream). Bodies
-are deduplicated by hash. A repeated replay costs the writer a narrow row only (about a
-third of the 36-column row it replaced), inserted with 11 parameters (`_NARROW_COLUMNS`: its
-run, kind and score are in the statement).
+one statement per row would be one forced switch of the event loop per row), and hands the
+rows to `on_rows` (the web UI's live stream). Bodies are deduplicated by hash. A repeated
+replay costs the writer a narrow row only (about a third of the 36-column row it replaced),
+inserted with 11 parameters (`_NARROW_COLUMNS`: its run, kind and score are in the
+statement).
 `put` queues a replay's row narrow already, and the writer adds each row's values and shape
 id to one flat parameter list per statement: no per-row tuple is built, sliced or flattened
 on either side, and a narrow row of a shape already written skips the bodies (the writer's
 share of a replayed row, 256 to a batch: 23.1k instructions before these three and the score
-in the statement, 18.4k after; 15.2k without the index on `at`).
+in the statement, 18.4k after).
 
 When it writes (write-behind, as loggers that must not slow the code they watch do): while
 someone watches the live stream, `flush_s` after the first row of a batch. Otherwise rows
@@ -63,9 +60,8 @@ more than `max_pending` rows, new rows are dropped and counted (`dropped`), so t
 waits for the log.
 
 Retention. Rows older than `max_age_days` are deleted when the log opens and then hourly,
-with the runs of `log_batches` left without a row, the shapes no row refers to any more and
-then the bodies no shape or row refers to; when anything was deleted the database is
-vacuumed. `max_age_days <= 0` keeps rows forever.
+with the shapes no row refers to any more and then the bodies no shape or row refers to;
+when anything was deleted the database is vacuumed. `max_age_days <= 0` keeps rows forever.
 
 Secrets. No request header is stored unless it is on `REQUEST_HEADERS` (none of which can
 carry a credential); response headers go through `fingerprint.redact_headers`; query strings
@@ -102,7 +98,6 @@ REQUEST_HEADERS = frozenset({
     "x-stainless-read-timeout", "x-stainless-timeout",
 })
 PRUNE_EVERY_S = 3600.0
-BATCH_SPAN = 1024  # a run of `log_batches` grows while it spans fewer ids (m004_batches)
 
 
 class LogError(Exception):
@@ -299,37 +294,6 @@ def m003_shapes(db: sqlite3.Connection) -> None:
                "WHERE session IS NOT NULL")
 
 
-@migration
-def m004_batches(db: sqlite3.Connection) -> None:
-    # The index on `log_rows(at)` cost every insert about 4,300 instructions, a sixth of what
-    # the log costs a replay (bench/bench_instructions.py --log), for the time filters and
-    # retention only. Rows are written in the order their requests ended, so `at` (arrival)
-    # almost follows the id, and a few numbers per run of consecutive ids say where a time
-    # range can be: each writer adds its rows' (first id, last id, earliest at, latest at) to
-    # `log_batches`, growing the run it added last while the ids follow on and the run spans
-    # fewer than `BATCH_SPAN` ids (one transaction, at most `RequestLog.batch` rows, is one
-    # run whatever its size). A time range is then an id range (`_filters`), found from
-    # a table a few hundred times smaller than the log, and the rows in it checked for `at`.
-    db.execute("""
-        CREATE TABLE log_batches (
-            first_id INTEGER PRIMARY KEY,  -- the run's first log_rows id
-            last_id INTEGER NOT NULL,      -- and its last: every row in between is the run's
-            min_at REAL NOT NULL,          -- the earliest `at` among them
-            max_at REAL NOT NULL           -- the latest
-        )""")
-    db.execute(f"INSERT INTO log_batches SELECT MIN(id), MAX(id), MIN(at), MAX(at) "
-               f"FROM log_rows GROUP BY id / {BATCH_SPAN}")
-    db.execute("DROP INDEX log_rows_at")
-    # A row's `at` changed by hand (rechat never changes one) widens its run to take it in, so
-    # that time ranges still find it. A trigger on UPDATE costs inserts nothing.
-    db.execute("""
-        CREATE TRIGGER log_rows_at_moved AFTER UPDATE OF at ON log_rows BEGIN
-            UPDATE log_batches SET min_at = MIN(min_at, NEW.at), max_at = MAX(max_at, NEW.at)
-            WHERE first_id = (SELECT MAX(first_id) FROM log_batches WHERE first_id <= NEW.id)
-              AND last_id >= NEW.id;
-        END""")
-
-
 # The columns of the view `requests` (all but `id`), as `row_from_event` returns them.
 COLUMNS = ("run", "req", "at", "method", "path", "query", "kind", "status", "model",
            "served_model", "stream", "match", "score", "play", "plays", "ms", "ttfb_ms",
@@ -392,15 +356,6 @@ _SESSION_AT = SHAPE_COLUMNS.index("session")
 _KIND_AT = ROW_COLUMNS.index("kind")
 _SCORE_AT = ROW_COLUMNS.index("score")
 _INSERT_BODIES = ("INSERT OR IGNORE INTO bodies (hash, size, data) VALUES ", _values(3))
-# A writer's rows, ids first to last, as a new run of `log_batches` or added to the run it
-# wrote last when that run ends just before them (no other process wrote in between) and is
-# still there (no prune deleted it). `at` is read back from the rows just written (in the
-# page cache).
-_ADD_BATCH = ("INSERT OR REPLACE INTO log_batches SELECT ?1, ?2, MIN(at), MAX(at) "
-              "FROM log_rows WHERE id BETWEEN ?1 AND ?2")
-_GROW_BATCH = ("UPDATE log_batches SET (last_id, min_at, max_at) = (SELECT ?2, "
-               "MIN(log_batches.min_at, MIN(at)), MAX(log_batches.max_at, MAX(at)) "
-               "FROM log_rows WHERE id BETWEEN ?1 AND ?2) WHERE first_id = ?3")
 _CHUNKS = (256, 32, 4, 1)  # rows per statement; few distinct statements, all cached
 
 
@@ -934,7 +889,6 @@ class RequestLog:
         self._shape_ids: dict[int, int] = {}  # our number of a shape -> shapes.id
         self._known: dict[bytes, None] = {}  # body hashes already in `bodies`
         self._prunes: int | None = None  # log_state's prunes when the two were last checked
-        self._batch: tuple[int, int] | None = None  # the log_batches run written last (ids)
         self._last_put = 0.0  # time.monotonic() of the last put (event loop side)
         self._now = threading.Event()  # write what is queued without waiting (readers, close)
         self.wants_rows: Callable[[], bool] = lambda: True
@@ -1187,20 +1141,12 @@ class RequestLog:
             for insert, width, params in runs:
                 last = _insert_many(db, insert, width, params)
             first = last - len(items) + 1
-            b = self._batch
-            if (b is not None and b[1] + 1 == first and last - b[0] < BATCH_SPAN
-                    and db.execute(_GROW_BATCH, (first, last, b[0])).rowcount):
-                self._batch = (b[0], last)
-            else:
-                db.execute(_ADD_BATCH, (first, last))
-                self._batch = (first, last)
             if blobs:
                 _insert_many(db, _INSERT_BODIES, 3, [v for b in blobs for v in b])
             db.execute("COMMIT")
         except BaseException:
             self._shape_ids.clear()  # they may name shapes and bodies the rollback took back
             self._known.clear()
-            self._batch = None
             db.execute("ROLLBACK")
             raise
         self.written += len(items)
@@ -1211,20 +1157,16 @@ class RequestLog:
                                  for key, shape, row, _ in items])
 
     def prune(self) -> int:
-        """Delete rows older than `max_age_days` (found through `log_batches`), then the runs,
-        shapes and bodies no row uses any more, and vacuum if any row went; return how many
-        rows went."""
+        """Delete rows older than `max_age_days`, then the shapes and bodies no row uses any
+        more, and vacuum if any row went; return how many rows went."""
         if self.max_age_days <= 0 or self._db is None:
             return 0
         cutoff = time.time() - self.max_age_days * 86400
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            n = db.execute("DELETE FROM log_rows WHERE id <= (SELECT MAX(last_id) FROM "
-                           "log_batches WHERE min_at < ?1) AND at < ?1", (cutoff,)).rowcount
+            n = db.execute("DELETE FROM log_rows WHERE at < ?", (cutoff,)).rowcount
             if n:
-                db.execute("DELETE FROM log_batches WHERE NOT EXISTS (SELECT 1 FROM log_rows "
-                           "WHERE id BETWEEN first_id AND last_id)")  # the runs left empty
                 db.execute("DELETE FROM shapes WHERE id NOT IN (SELECT shape FROM log_rows)")
                 db.execute("DELETE FROM bodies WHERE hash NOT IN (SELECT req_body FROM shapes "
                            "WHERE req_body IS NOT NULL UNION SELECT resp_body FROM log_rows "
@@ -1406,15 +1348,12 @@ def _filters(q, model, kinds, status, since, until, session) -> tuple[list[str],
         else:
             where.append("status = ?")
             args.append(int(s))
-    # A time range is first an id range (`at` has no index: see m004_batches). No run of
-    # log_batches that the range meets: MIN/MAX give NULL, and no row passes.
     if since is not None:
-        where.append("id >= (SELECT MIN(first_id) FROM log_batches WHERE max_at >= ?) "
-                     "AND at >= ?")
-        args += [since, since]
+        where.append("at >= ?")
+        args.append(since)
     if until is not None:
-        where.append("id <= (SELECT MAX(last_id) FROM log_batches WHERE min_at < ?) AND at < ?")
-        args += [until, until]
+        where.append("at < ?")
+        args.append(until)
     if session:
         where.append("session = ?")
         args.append(session)

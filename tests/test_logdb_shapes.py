@@ -144,19 +144,16 @@ def test_a_log_written_at_schema_2_is_upgraded_in_place_with_its_rows(tmp_path):
     before = _all(path, "SELECT * FROM requests ORDER BY id")
     assert [r["id"] for r in before] == ids and list(before[0]) == ["id", *logdb.COLUMNS]
     # What the API answered before the upgrade: stats read `log_rows` for what needs no
-    # shape, and time ranges look up `log_batches` first, so a copy of the old file gets
-    # views of those names over its table (one run of ids holding every row).
+    # shape, so a copy of the old file gets a view of that name over its table.
     old = tmp_path / "old.sqlite"
     shutil.copy(path, old)
     with sqlite3.connect(old) as c:
         c.execute("CREATE VIEW log_rows AS SELECT * FROM requests")
-        c.execute("CREATE VIEW log_batches AS SELECT MIN(id) AS first_id, MAX(id) AS last_id, "
-                  "MIN(at) AS min_at, MAX(at) AS max_at FROM requests")
     answered = _reads(RequestLog(str(old)), ids, t0)
 
     lg = _open(path, max_age_days=0)
     try:
-        assert _one(path, "PRAGMA user_version") == len(logdb.MIGRATIONS) == 4
+        assert _one(path, "PRAGMA user_version") == len(logdb.MIGRATIONS) == 3
         after = _all(path, "SELECT * FROM requests ORDER BY id")
         assert after == before and list(after[0]) == list(before[0])  # ids, every column
         assert _reads(lg, ids, t0) == answered
@@ -168,13 +165,9 @@ def test_a_log_written_at_schema_2_is_upgraded_in_place_with_its_rows(tmp_path):
             path, "SELECT name, type FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")}
         assert tables == {"_migrations": "table", "bodies": "table", "shapes": "table",
                           "log_rows": "table", "log_state": "table", "requests": "view",
-                          "log_batches": "table", "log_rows_shape": "index",
-                          "shapes_session": "index", "log_rows_at_moved": "trigger"}
+                          "log_rows_at": "index", "log_rows_shape": "index",
+                          "shapes_session": "index"}
         assert _one(path, "PRAGMA integrity_check") == "ok"
-        # The old rows' ids and times, as one run (they fit in BATCH_SPAN ids).
-        ats = [r["at"] for r in before]
-        assert [tuple(r.values()) for r in _all(path, "SELECT * FROM log_batches")] == [
-            (3, 144, min(ats), max(ats))]
         # New rows go after the old ones, and a replay the old log holds reuses its shape.
         lg.put(_replay(_answer("a", "Paris."), "capital of France?", 99))
         assert lg.wait_idle()
@@ -403,73 +396,3 @@ def test_every_row_keeps_its_bodies_when_its_shape_is_already_written(tmp_path):
         assert [r["request_body"] for r in replays] == [_body("capital of France?")] * 3
     finally:
         lg.close()
-
-
-def _runs_hold_their_rows(path) -> list[tuple]:
-    """Check log_batches against the rows: runs do not overlap, every row is in one, and its
-    `at` is within its run's times. Return the runs."""
-    runs = [tuple(r.values()) for r in _all(path, "SELECT * FROM log_batches ORDER BY first_id")]
-    for (f1, l1, _, _), (f2, _, _, _) in zip(runs, runs[1:]):
-        assert f1 <= l1 < f2
-    for r in _all(path, "SELECT id, at FROM log_rows"):
-        assert [run for run in runs if run[0] <= r["id"] <= run[1]
-                and run[2] <= r["at"] <= run[3]], r
-    return runs
-
-
-def test_time_ranges_find_rows_by_their_runs_of_ids_also_out_of_order(tmp_path, monkeypatch):
-    monkeypatch.setattr(logdb, "BATCH_SPAN", 18)
-    path = tmp_path / "log.sqlite"
-    lg = _open(path, max_age_days=7)
-    other = None
-    a = _answer("a", "Paris.")
-    t0 = time.time() - 600
-    try:
-        # Six transactions from one writer: a run grown twice, then another (at most
-        # BATCH_SPAN ids a run) grown twice.
-        for start in range(0, 30, 5):
-            for i in range(start, start + 5):
-                lg.put(_replay(a, "capital of France?", i, t0 + i))
-            assert lg.wait_idle()
-        assert _runs_hold_their_rows(path) == [(1, 15, t0, t0 + 14), (16, 30, t0 + 15, t0 + 29)]
-        # Another process writes in between: each writer starts a run of its own.
-        monkeypatch.setattr(logdb, "BATCH_SPAN", 1000)
-        other = _open(path, max_age_days=0)
-        other.put(_forward(100, t0 + 100))
-        assert other.wait_idle()
-        # A request that arrived long before it ended, written among the new ones.
-        lg.put(_replay(a, "capital of France?", 31, t0 + 31))
-        lg.put(_forward(32, t0 - 300))
-        lg.put(_replay(a, "capital of France?", 33, t0 + 33))
-        assert lg.wait_idle()
-        lg.put(_replay(a, "capital of France?", 34, t0 + 32.5))  # grows the run, not its end
-        assert lg.wait_idle()
-        assert _runs_hold_their_rows(path) == [(1, 15, t0, t0 + 14), (16, 30, t0 + 15, t0 + 29),
-                                               (31, 31, t0 + 100, t0 + 100),
-                                               (32, 35, t0 - 300, t0 + 33)]
-        reqs = lambda **kw: [r["req"] for r in lg.logs(**kw)[0]]  # noqa: E731
-        assert reqs(since=t0 - 301, until=t0 - 299) == [32]
-        assert reqs(since=t0 + 5, until=t0 + 8) == [7, 6, 5]
-        assert reqs(since=t0 + 29, until=t0 + 101) == [34, 33, 31, 100, 29]
-        assert reqs(until=t0 + 2) == [32, 1, 0]
-        assert reqs(since=t0 + 32.5) == [34, 33, 100]
-        assert reqs(since=t0 + 101) == reqs(until=t0 - 400) == []
-        stats = lg.stats(since=t0 - 301, until=t0 + 3)
-        assert stats["totals"]["requests"] == 4 and stats["totals"]["hits"] == 3
-        # A row's time changed by hand widens its run: the time ranges still find it.
-        with sqlite3.connect(path) as db:
-            db.execute("UPDATE log_rows SET at = ? WHERE id = 5", (t0 - 1000,))
-            db.execute("UPDATE log_rows SET at = ? WHERE id = 6", (t0 + 2000,))
-        assert _runs_hold_their_rows(path)[0] == (1, 15, t0 - 1000, t0 + 2000)
-        assert reqs(since=t0 - 1001, until=t0 - 999) == [4]
-        assert reqs(since=t0 + 1999) == [5]
-        # Retention deletes by time through the runs, and the runs that have no row left.
-        with sqlite3.connect(path) as db:
-            db.execute("UPDATE log_rows SET at = at - 10 * 86400 WHERE id <= 33")
-        assert lg.prune() == 33
-        assert reqs() == [34, 33]
-        assert _runs_hold_their_rows(path) == [(32, 35, t0 - 300 - 10 * 86400, t0 + 33)]
-    finally:
-        lg.close()
-        if other is not None:
-            other.close()
