@@ -356,10 +356,12 @@ class ThinkTransform:
         """
         if self.mode is ThinkMode.KEEP:
             return True
-        if raw.find(b"\\") >= 0 and raw.find(b"\\u") >= 0:  # one-byte search first: several times faster
+        # A one-byte search first: several times faster than one for ``\u``. `partition`
+        # rather than `find`: it does not parse its arguments (1,000 instructions a call).
+        if raw.partition(b"\\")[1] and raw.find(b"\\u") >= 0:
             return False
         for c in self._firsts:
-            if raw.find(c) >= 0:
+            if raw.partition(c)[1]:
                 return False
         if whole:
             return True
@@ -389,17 +391,7 @@ class ThinkTransform:
     def feed_raw(self, raw: bytes, whole: bool = False) -> bytes | None:
         """Return `raw` when the object encoded as `raw` passes unchanged (`passes`, or
         `_starts_text`), else None: decode it and `feed` it."""
-        if whole:
-            # `passes(raw, True)` in place, once per whole answer: a call less, and
-            # `partition` does not parse its arguments as `find` does (1,000 instructions).
-            if self.mode is not ThinkMode.KEEP:
-                if raw.partition(b"\\")[1] and raw.find(b"\\u") >= 0:
-                    return None
-                for c in self._firsts:
-                    if raw.partition(c)[1]:
-                        return None
-            return raw
-        if self.passes(raw, whole) or self._starts_text(raw):
+        if self.passes(raw, whole) or (not whole and self._starts_text(raw)):
             return raw
         return None
 
