@@ -310,13 +310,13 @@ def _encode(name: str) -> bytes:
 _RENAMES: dict[str, tuple[str, bytes, bytes, bytes, bytes]] = {}
 
 
-def _renaming(asked: str, served: str) -> tuple[str, bytes, bytes, bytes, bytes]:
-    got = _RENAMES.get(asked)
-    if got is None or got[0] != served:
-        if len(_RENAMES) >= _MEMO:
-            _RENAMES.clear()
-        a, s = _encode(asked), _encode(served)
-        got = _RENAMES[asked] = (served, b": " + a, _KEY + b": " + s, b":" + a, _KEY + b":" + s)
+def _remember_renaming(asked: str, served: str) -> tuple[str, bytes, bytes, bytes, bytes]:
+    """Work out `_RENAMES`' entry for renaming `asked` to `served`, keep it and return it (the
+    caller looks the memo up itself: a call less when the entry is there)."""
+    if len(_RENAMES) >= _MEMO:
+        _RENAMES.clear()
+    a, s = _encode(asked), _encode(served)
+    got = _RENAMES[asked] = (served, b": " + a, _KEY + b": " + s, b":" + a, _KEY + b":" + s)
     return got
 
 
@@ -345,7 +345,7 @@ def rewrite_request_bytes(raw: bytes, asked: str, served: str,
             # where its encoding does): 3,500 instructions under the regex.
             got = _RENAMES.get(asked)
             if got is None or got[0] != served:
-                got = _renaming(asked, served)
+                got = _remember_renaming(asked, served)
             before, after = parts
             if after[:len(got[1])] == got[1]:
                 return before + got[2] + after[len(got[1]):]
