@@ -186,6 +186,15 @@ def _user_sys_ms(srv: "bp.Server") -> tuple[float, float]:
     return int(fields[11]) * 1000 / tick, int(fields[12]) * 1000 / tick
 
 
+def _heading(title: str, what: str, t_run: float) -> None:
+    """Print a run's heading: `title`, the date, Python, cores, `what` was run and how long it
+    took since `t_run` (time.monotonic(), s), between blank lines."""
+    print()
+    print(f"{title}  {datetime.date.today()}  python {platform.python_version()}  "
+          f"{os.cpu_count()} cores  {what}  ({time.monotonic() - t_run:.0f} s)")
+    print()
+
+
 def paired(args: argparse.Namespace) -> int:
     """Paired mode (`--pairs N --starts M`): the log's cost as the whole process's CPU per
     request.
@@ -251,11 +260,8 @@ def paired(args: argparse.Namespace) -> int:
     if ws.status is not None:
         return ws.status
     med = statistics.median
-    print()
-    print(f"rechat request-log bench, paired  {datetime.date.today()}  python "
-          f"{platform.python_version()}  {os.cpu_count()} cores  {args.starts} starts x "
-          f"{args.pairs} pairs at c={conc} ({time.monotonic() - t_run:.0f} s)")
-    print()
+    _heading("rechat request-log bench, paired",
+             f"{args.starts} starts x {args.pairs} pairs at c={conc}", t_run)
     print("| answer | CPU us/req off (system) | on (system) | off / on (range) "
           "| req/s on / off (range) |")
     print("|---|---:|---:|---:|---:|")
@@ -345,10 +351,7 @@ def main() -> int:
         return ws.status
 
     med = statistics.median
-    print()
-    print(f"rechat request-log bench  {datetime.date.today()}  python {platform.python_version()}  "
-          f"{os.cpu_count()} cores  rounds {rounds}  ({time.monotonic() - t_run:.0f} s)")
-    print()
+    _heading("rechat request-log bench", f"rounds {rounds}", t_run)
     c1, cn = shapes
     print(f"| {'scenario':<16} | {'c=1 req/s':>9} | {'c=1 p50':>7} | {f'c={cn} req/s':>10} | "
           f"{f'c={cn} p99':>8} | {'CPU us/req':>10} |")
