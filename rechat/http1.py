@@ -117,8 +117,9 @@ class Body:
     # -- the reader's side -------------------------------------------------------------------
 
     # The idle timeout (no byte for `timeout_s`) has one timer per body, not one per wait: a
-    # call_later and a cancel for each piece of a stream cost about 8,000 instructions, more
-    # than a tenth of relaying the piece. Once armed, the timer fires when the wait then
+    # call_later and a cancel for each piece of a stream cost about 17,000 instructions, a
+    # seventh of relaying it (a 17-event stream 5 ms apart: 2,251k instructions per request
+    # before, 1,957k after; bench_instructions.py --servers --event-gap-ms 5). Once armed, the timer fires when the wait then
     # running would run out; if a later wait is running by then, it is set again for that
     # one's end. A body read to its end, or given back, disarms it.
 
