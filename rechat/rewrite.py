@@ -47,6 +47,11 @@ from typing import Any, Protocol, Sequence
 
 from rechat.sse import whole_data_lines
 
+try:  # the fused path in C (rechat/_fused.c, built when a compiler is at hand)
+    from rechat._fused import event as _fused_event
+except ImportError:  # pragma: no cover - the pure-Python fused path below gives the same bytes
+    _fused_event = None
+
 __all__ = ["ObjectTransform", "rewrite_json", "SSEStreamRewriter", "NDJSONStreamRewriter",
            "stream_rewriter"]
 
@@ -179,33 +184,35 @@ def rewrite_json(body: bytes, transforms: Sequence[ObjectTransform]) -> bytes:
 
 _BOM = b"\xef\xbb\xbf"
 
-# SSEStreamRewriter._make_plan's fused rule: (stops, head, new head or None, ((tail stop,
-# how often head holds it), ...), old, fresh).
-_Plan = tuple[tuple[bytes, ...], bytes, "bytes | None", tuple[tuple[bytes, int], ...], bytes,
-              "bytes | None"]
+# SSEStreamRewriter._make_plan's fused rule: (stops, head, new head or None, tail stops, cut).
+_Plan = tuple[tuple[bytes, ...], bytes, "bytes | None", tuple[bytes, ...], int]
+# A plan's stops and tail stops as the Python fused path looks for them (`_stop_sets`).
+_Variants = tuple[tuple[tuple[bytes, ...], tuple[bytes, ...]], ...]
 
 
 def _stop_sets(aside: tuple[bytes, ...], escape: bool, extra: tuple[bytes, ...],
-               tail: tuple[bytes, ...]) -> tuple[tuple[bytes, ...], ...]:
+               tail: tuple[bytes, ...]) -> tuple[tuple[bytes, ...], _Variants]:
     """The stops of a fused plan (`SSEStreamRewriter._make_plan`) and their variants.
 
     From the set-aside transform's stops (`aside`, and ``\\u`` when `escape`), the other
-    transforms' stops (`extra`) and the renaming rule's tail stops: ``(stops, plain,
-    plain without CR, stops without CR, (keep, ...))``. `stops` is CR first, then each stop
-    once in order; `plain` leaves out those that start with a backslash (none can occur in
-    bytes without one); the last item says, for each tail stop, whether it is plain.
+    transforms' stops (`extra`) and the renaming rule's tail stops: ``(stops, variants)``.
+    `stops` is CR first, then each stop once in order. `variants` holds ``(stops, tail
+    stops)`` as the Python fused path looks for them in a piece, indexed by 2 x "the caller's
+    SSE parser found it whole" (LF only: no CR to look for) + "it holds a backslash" (else
+    those that start with one, such as ``\\u``, cannot occur in it and are left out).
     """
     stops: list[bytes] = [b"\r"]
     for x in (*aside, *((b"\\u",) if escape else ()), *extra):
         if x not in stops:
             stops.append(x)
     plain = tuple([x for x in stops if x[:1] != b"\\"])
-    return (tuple(stops), plain, plain[1:], tuple(stops[1:]),
-            tuple([x[:1] != b"\\" for x in tail]))
+    plain_tail = tuple([x for x in tail if x[:1] != b"\\"])
+    return tuple(stops), ((plain, plain_tail), (tuple(stops), tail),
+                          (plain[1:], plain_tail), (tuple(stops[1:]), tail))
 
 
 # (aside stops, escape, the transforms' stops, the tail stops) -> `_stop_sets` of them.
-_STOP_SETS: dict[tuple, tuple[tuple[bytes, ...], ...]] = {}
+_STOP_SETS: dict[tuple, tuple[tuple[bytes, ...], _Variants]] = {}
 
 
 class SSEStreamRewriter:
@@ -274,11 +281,11 @@ class SSEStreamRewriter:
         self._closed = False
         # The transforms' fused rule (_make_plan) while nothing is held; None: no fused path.
         self._plan: _Plan | None = None
-        # The plan's stops as the fused path looks for them in a piece, indexed by 2 x "the
-        # caller's SSE parser found it whole" (LF only: no CR to look for) + "it holds a
-        # backslash" (else no stop that starts with one, such as \\u, can occur in it).
-        self._variants: tuple[_Plan, _Plan, _Plan, _Plan] | None = None
-        self._stop_sets: tuple[tuple[bytes, ...], ...] = ()  # the last plan's (_make_plan)
+        # The plan's stops as the Python fused path looks for them (`_stop_sets`).
+        self._variants: _Variants = ()
+        # `_bulk`'s parts of the last plan it took: (plan, ((tail stop, how often the head
+        # holds it), ...), the head from its cut on, the new head from there or None).
+        self._bulk_rule: tuple | None = None
 
     def feed(self, data: bytes, whole: int = 0) -> bytes:
         """Take the next piece of the upstream's body; return the bytes for the client.
@@ -297,6 +304,13 @@ class SSEStreamRewriter:
                     if self._aside is not None:
                         self._history.append(data)
                     return out
+            elif _fused_event is not None:
+                # The fused fast path below, in one C call (rechat/_fused.c).
+                out = _fused_event(data, plan)
+                if out is not None:
+                    if self._aside is not None:
+                        self._history.append(data)
+                    return out
             else:
                 # What follows the head, when the piece starts with it: one removeprefix both
                 # compares and slices (a slice to compare and another of the rest: 900
@@ -307,21 +321,20 @@ class SSEStreamRewriter:
                         data[-3:] == b"}\n\n" and data.find(b"\n") == len(data) - 2)):
                     # The fused fast path (class docstring): one ``data: {...}\n\n`` event,
                     # nothing held. (`whole` is 0 or 1 here.)
-                    stops, _, new, tail, _, _ = self._variants[
-                        2 * whole + (data.partition(b"\\")[1] == b"\\")]
+                    stops, tail = self._variants[2 * whole + (data.partition(b"\\")[1] == b"\\")]
                     for stop in stops:
                         if data.partition(stop)[1]:
                             break
                     else:
                         # The rest searched with `partition` (a `find` from an index parses
                         # its arguments: 1,000 instructions) and sent on.
-                        for stop, _ in tail:
+                        for stop in tail:
                             if rest.partition(stop)[1]:
                                 break
                         else:
                             if self._aside is not None:
                                 self._history.append(data)
-                            return data if new is None else new + rest
+                            return data if plan[2] is None else plan[2] + rest
         if self._aside is not None:
             # (partition: no arguments parsed, as find does, on every piece of a stream)
             for stop in self._aside_stops:
@@ -375,32 +388,19 @@ class SSEStreamRewriter:
 
     def _update_plan(self) -> None:
         # After [DONE] (the stream's end, as a rule) no plan is worked out for what follows.
-        plan = self._plan = (None if self._partial or self._block or self._closed or self._ended
-                             else self._make_plan())
-        if plan is not None:
-            stops, head, new, tail, old, fresh = plan
-            _, plain_stops, plain_whole, whole_stops, tail_plain = self._stop_sets
-            # The tail stops that do not start with a backslash (a loop over these few: a
-            # comprehension is a call, and this runs for every stream).
-            plain_tail = []
-            for x, keep in zip(tail, tail_plain):
-                if keep:
-                    plain_tail.append(x)
-            plain_tail = tuple(plain_tail)
-            self._variants = ((plain_stops, head, new, plain_tail, old, fresh), plan,
-                              (plain_whole, head, new, plain_tail, old, fresh),
-                              (whole_stops, head, new, tail, old, fresh))
+        self._plan = (None if self._partial or self._block or self._closed or self._ended
+                      else self._make_plan())
 
     def _make_plan(self) -> _Plan | None:
         """Fuse the transforms' `raw_rule`s into one test on an event's bytes, or None.
 
-        ``(stops, head, new, tail, old, fresh)``: `head` and `new` are ``data: `` and the
-        renaming rule's head and new head (`new` None: no rename); `tail` pairs each tail stop
-        with how often `head` holds it; `old` and `fresh` are the parts of `head` and `new`
-        from the rule's `cut` on, so that a rename is one replace of `old` (see `_bulk`).
-        Only one transform (the last with a rule, so that no other rule reads renamed bytes)
-        may change bytes; the event must also hold no CR, so that its one line is its one
-        data line. Leaves the stops' variants in `_stop_sets` (see `_stop_sets`).
+        ``(stops, head, new, tail, cut)``: `head` and `new` are ``data: `` and the renaming
+        rule's head and new head (`new` None: no rename); `tail` its tail stops, and `cut`
+        where the two heads start to differ (`raw_rule`'s, moved past ``data: ``; 0: none
+        given). Only one transform (the last with a rule, so that no other rule reads renamed
+        bytes) may change bytes; the event must also hold no CR, so that its one line is its
+        one data line. Leaves the stops' variants in `_variants` (see `_stop_sets`). What
+        `_bulk` needs beyond these it works out itself, on first use.
         """
         if self._first_line:
             return None
@@ -428,17 +428,8 @@ class SSEStreamRewriter:
             if len(_STOP_SETS) >= 64:
                 _STOP_SETS.clear()
             sets = _STOP_SETS[key] = _stop_sets(*key)
-        self._stop_sets = sets
-        head = b"data: " + head
-        cut = cut + 6 if cut else 0
-        # How often the head holds each tail stop (none starting with a backslash when it
-        # holds no backslash: a memchr instead of a count).
-        slash = head.partition(b"\\")[1]
-        counted = []
-        for x in tail:
-            counted.append((x, head.count(x) if slash or x[:1] != b"\\" else 0))
-        return (sets[0], head, new, tuple(counted), head[cut:],
-                None if new is None else new[cut:])
+        self._variants = sets[1]
+        return sets[0], b"data: " + head, new, tail, cut + 6 if cut else 0
 
     def _feed(self, data: bytes) -> bytes:
         if not self._partial and not self._block:
@@ -554,7 +545,18 @@ class SSEStreamRewriter:
         replace of `old`, which holds a tail stop that the head holds once (`raw_rule`'s
         `cut`): it occurs once per event, at its head. A handful of C scans, whatever `count`.
         """
-        stops, head, new, tail, old, fresh = plan
+        stops, head, new, tail_stops, cut = plan
+        rule = self._bulk_rule
+        if rule is None or rule[0] is not plan:
+            # How often the head holds each tail stop (none starting with a backslash when it
+            # holds no backslash: a memchr instead of a count), and the heads from `cut` on.
+            slash = head.partition(b"\\")[1]
+            counted = []
+            for x in tail_stops:
+                counted.append((x, head.count(x) if slash or x[:1] != b"\\" else 0))
+            rule = self._bulk_rule = (plan, tuple(counted), head[cut:],
+                                      None if new is None else new[cut:])
+        _, tail, old, fresh = rule
         done = events[-14:] == b"data: [DONE]\n\n"
         if done:
             events, count = events[:-14], count - 1

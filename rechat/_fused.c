@@ -1,0 +1,177 @@
+/* rechat._fused: the SSE stream rewriter's fused path for one event, in one C call.
+
+Owns nothing but a byte test: `rechat.rewrite.SSEStreamRewriter.feed` asks it, for every
+piece of a stream that may be one ``data: {...}\n\n`` event, what the pure-Python fused
+path in that method would give (see its class docstring and `_make_plan`). In Python that
+path is a dozen bytes-method calls, each a few hundred instructions of CPython's call
+machinery around a memchr; here it is the memchrs. Optional: rechat/rewrite.py falls back to
+its own Python when the extension is not built (setup.py marks it optional), and the tests
+run both and compare them (tests/test_fused.py).
+*/
+#define PY_SSIZE_T_CLEAN
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memmem */
+#endif
+#include <Python.h>
+#include <string.h>
+
+/* Whether s[0:n] holds `stop` (bytes). An empty stop is taken as held (the caller then
+   takes the general path): Python's partition would raise for one. One byte: memchr. Longer:
+   Horspool's search (R. N. Horspool, "Practical fast searching in strings", 1980), which
+   for these short needles (``"model"``, ``\\u``) over a few hundred bytes beats glibc's
+   memmem, whose two-way set-up costs more than the search. */
+static int
+holds(const char *s, Py_ssize_t n, const char *stop, Py_ssize_t m)
+{
+    const unsigned char *p = (const unsigned char *)stop;
+    const unsigned char *t = (const unsigned char *)s;
+    if (m == 1)
+        return memchr(s, p[0], (size_t)n) != NULL;
+    if (m == 0)
+        return 1;
+    if (m > n)
+        return 0;
+    if (m == 2) {  /* the first byte by memchr, then the second */
+        const unsigned char *q = t, *end = t + n - 1;
+        while (q < end && (q = memchr(q, p[0], (size_t)(end - q))) != NULL) {
+            if (q[1] == p[1])
+                return 1;
+            q++;
+        }
+        return 0;
+    }
+    if (m > 255)
+        return memmem(s, (size_t)n, p, (size_t)m) != NULL;
+    unsigned char skip[256];
+    memset(skip, (int)m, sizeof skip);
+    for (Py_ssize_t i = 0; i < m - 1; i++)
+        skip[p[i]] = (unsigned char)(m - 1 - i);
+    unsigned char last = p[m - 1];
+    for (Py_ssize_t i = 0; i <= n - m; i += skip[t[i + m - 1]]) {
+        if (t[i + m - 1] == last && memcmp(t + i, p, (size_t)(m - 1)) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(event_doc,
+"event(data, plan) -> bytes | None\n\n"
+"The fused path of rechat.rewrite.SSEStreamRewriter for one piece.\n\n"
+"`plan` is the rewriter's fused rule (`_make_plan`): (stops, head, new, tail stops, ...),\n"
+"all bytes or tuples of bytes but `new`, which may be None. When `data` (bytes) is one\n"
+"``data: {...}\\n\\n`` event: it starts with `head`, ends with ``}\\n\\n``, holds no other\n"
+"LF, none of `stops` (CR among them) anywhere and no tail stop after `head`, return\n"
+"`data` (`new` None) or `new` + the rest after `head`. Otherwise None: the caller takes\n"
+"its general path. Raises TypeError only for a wrong number of arguments.");
+
+static PyObject *
+event(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "event() takes 2 arguments (data, plan)");
+        return NULL;
+    }
+    PyObject *data = args[0], *plan = args[1];
+    if (!PyBytes_CheckExact(data) || !PyTuple_CheckExact(plan) || PyTuple_GET_SIZE(plan) < 4)
+        Py_RETURN_NONE;
+    PyObject *stops = PyTuple_GET_ITEM(plan, 0), *head = PyTuple_GET_ITEM(plan, 1);
+    PyObject *new = PyTuple_GET_ITEM(plan, 2), *tail = PyTuple_GET_ITEM(plan, 3);
+    if (!PyTuple_CheckExact(stops) || !PyBytes_CheckExact(head) || !PyTuple_CheckExact(tail)
+            || (new != Py_None && !PyBytes_CheckExact(new)))
+        Py_RETURN_NONE;
+    const char *s = PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data), h = PyBytes_GET_SIZE(head);
+    if (h == 0 || n < h + 3 || memcmp(s, PyBytes_AS_STRING(head), (size_t)h) != 0
+            || s[n - 3] != '}' || s[n - 2] != '\n' || s[n - 1] != '\n'
+            || memchr(s, '\n', (size_t)(n - 2)) != NULL)
+        Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(stops); i++) {
+        PyObject *stop = PyTuple_GET_ITEM(stops, i);
+        if (!PyBytes_CheckExact(stop) || holds(s, n, PyBytes_AS_STRING(stop), PyBytes_GET_SIZE(stop)))
+            Py_RETURN_NONE;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tail); i++) {
+        PyObject *stop = PyTuple_GET_ITEM(tail, i);
+        if (!PyBytes_CheckExact(stop) || holds(s + h, n - h, PyBytes_AS_STRING(stop), PyBytes_GET_SIZE(stop)))
+            Py_RETURN_NONE;
+    }
+    if (new == Py_None)
+        return Py_NewRef(data);
+    Py_ssize_t k = PyBytes_GET_SIZE(new);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, k + n - h);
+    if (out == NULL)
+        return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    memcpy(o, PyBytes_AS_STRING(new), (size_t)k);
+    memcpy(o + k, s + h, (size_t)(n - h));
+    return out;
+}
+
+
+PyDoc_STRVAR(locate_doc,
+"locate(raw) -> (start, end, key) | None\n\n"
+"The usual case of rechat.modelmap._locate, in one pass: `raw` (bytes) is a JSON object\n"
+"without backslashes, holds ``\"model\"`` once, and only flat members come before it (the\n"
+"opening brace is the one ``{}[]`` there, and an even number of quotes, so it is a key of\n"
+"the top-level object); its value is a string, spelled ``: \"`` or ``:\"``. Returns the\n"
+"indexes of the value's opening and closing quotes and of the key, as _locate does; None\n"
+"when any of that does not hold (the caller then takes _locate's general path).");
+
+static PyObject *
+locate(PyObject *module, PyObject *raw)
+{
+    if (!PyBytes_CheckExact(raw))
+        Py_RETURN_NONE;
+    const char *s = PyBytes_AS_STRING(raw);
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    static const char key[] = "\"model\"";
+    const Py_ssize_t k = 7;
+    if (n < k + 4 || s[0] != '{' || s[n - 1] != '}' || memchr(s, '\\', (size_t)n) != NULL)
+        Py_RETURN_NONE;
+    /* One pass over the flat prefix: quotes counted, nesting refused, up to the first key. */
+    Py_ssize_t quotes = 0, i = 1;
+    for (; i + k <= n; i++) {
+        char c = s[i];
+        if (c == '"') {
+            if (memcmp(s + i, key, (size_t)k) == 0)
+                break;
+            quotes++;
+        }
+        else if (c == '{' || c == '}' || c == '[' || c == ']')
+            Py_RETURN_NONE;
+    }
+    if (i + k > n || (quotes & 1))
+        Py_RETURN_NONE;
+    /* Only the one key: none after it either. */
+    if (holds(s + i + k, n - i - k, key, k))
+        Py_RETURN_NONE;
+    Py_ssize_t v;
+    if (s[i + k] == ':' && s[i + k + 1] == ' ' && s[i + k + 2] == '"')
+        v = i + k + 2;
+    else if (s[i + k] == ':' && s[i + k + 1] == '"')
+        v = i + k + 1;
+    else
+        Py_RETURN_NONE;
+    const char *e = memchr(s + v + 1, '"', (size_t)(n - v - 1));
+    if (e == NULL)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(nnn)", v, (Py_ssize_t)(e - s), i);
+}
+
+static PyMethodDef methods[] = {
+    {"event", (PyCFunction)(void (*)(void))event, METH_FASTCALL, event_doc},
+    {"locate", locate, METH_O, locate_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "rechat._fused",
+    "The SSE stream rewriter's fused path for one event, in C (see rechat/rewrite.py).",
+    0, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__fused(void)
+{
+    return PyModuleDef_Init(&module);
+}
