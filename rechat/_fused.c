@@ -55,29 +55,32 @@ holds(const char *s, Py_ssize_t n, const char *stop, Py_ssize_t m)
 }
 
 PyDoc_STRVAR(event_doc,
-"event(data, plan) -> bytes | None\n\n"
+"event(data, plan, history) -> bytes | None\n\n"
 "The fused path of rechat.rewrite.SSEStreamRewriter for one piece.\n\n"
 "`plan` is the rewriter's fused rule (`_make_plan`): (stops, head, new, tail stops, ...),\n"
 "all bytes or tuples of bytes but `new`, which may be None. When `data` (bytes) is one\n"
 "``data: {...}\\n\\n`` event: it starts with `head`, ends with ``}\\n\\n``, holds no other\n"
 "LF, none of `stops` (CR among them) anywhere and no tail stop after `head`, return\n"
 "`data` (`new` None) or `new` + the rest after `head`. Otherwise None: the caller takes\n"
-"its general path. Raises TypeError only for a wrong number of arguments.");
+"its general path. When it returns bytes and `history` is a list, `data` is appended to\n"
+"it (the pieces a set-aside transform has not seen). Raises TypeError only for a wrong\n"
+"number of arguments, MemoryError when out of memory.");
 
 static PyObject *
 event(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "event() takes 2 arguments (data, plan)");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "event() takes 3 arguments (data, plan, history)");
         return NULL;
     }
-    PyObject *data = args[0], *plan = args[1];
+    PyObject *data = args[0], *plan = args[1], *history = args[2];
     if (!PyBytes_CheckExact(data) || !PyTuple_CheckExact(plan) || PyTuple_GET_SIZE(plan) < 4)
         Py_RETURN_NONE;
     PyObject *stops = PyTuple_GET_ITEM(plan, 0), *head = PyTuple_GET_ITEM(plan, 1);
     PyObject *new = PyTuple_GET_ITEM(plan, 2), *tail = PyTuple_GET_ITEM(plan, 3);
     if (!PyTuple_CheckExact(stops) || !PyBytes_CheckExact(head) || !PyTuple_CheckExact(tail)
-            || (new != Py_None && !PyBytes_CheckExact(new)))
+            || (new != Py_None && !PyBytes_CheckExact(new))
+            || (history != Py_None && !PyList_Check(history)))
         Py_RETURN_NONE;
     const char *s = PyBytes_AS_STRING(data);
     Py_ssize_t n = PyBytes_GET_SIZE(data), h = PyBytes_GET_SIZE(head);
@@ -85,25 +88,42 @@ event(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             || s[n - 3] != '}' || s[n - 2] != '\n' || s[n - 1] != '\n'
             || memchr(s, '\n', (size_t)(n - 2)) != NULL)
         Py_RETURN_NONE;
+    /* A stop that starts with a backslash (\\u) cannot occur in bytes without one. */
+    int slash = memchr(s, '\\', (size_t)n) != NULL;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(stops); i++) {
         PyObject *stop = PyTuple_GET_ITEM(stops, i);
-        if (!PyBytes_CheckExact(stop) || holds(s, n, PyBytes_AS_STRING(stop), PyBytes_GET_SIZE(stop)))
+        if (!PyBytes_CheckExact(stop))
+            Py_RETURN_NONE;
+        const char *p = PyBytes_AS_STRING(stop);
+        Py_ssize_t m = PyBytes_GET_SIZE(stop);
+        if ((slash || m == 0 || p[0] != '\\') && holds(s, n, p, m))
             Py_RETURN_NONE;
     }
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tail); i++) {
         PyObject *stop = PyTuple_GET_ITEM(tail, i);
-        if (!PyBytes_CheckExact(stop) || holds(s + h, n - h, PyBytes_AS_STRING(stop), PyBytes_GET_SIZE(stop)))
+        if (!PyBytes_CheckExact(stop))
+            Py_RETURN_NONE;
+        const char *p = PyBytes_AS_STRING(stop);
+        Py_ssize_t m = PyBytes_GET_SIZE(stop);
+        if ((slash || m == 0 || p[0] != '\\') && holds(s + h, n - h, p, m))
             Py_RETURN_NONE;
     }
+    PyObject *out;
     if (new == Py_None)
-        return Py_NewRef(data);
-    Py_ssize_t k = PyBytes_GET_SIZE(new);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, k + n - h);
-    if (out == NULL)
+        out = Py_NewRef(data);
+    else {
+        Py_ssize_t k = PyBytes_GET_SIZE(new);
+        out = PyBytes_FromStringAndSize(NULL, k + n - h);
+        if (out == NULL)
+            return NULL;
+        char *o = PyBytes_AS_STRING(out);
+        memcpy(o, PyBytes_AS_STRING(new), (size_t)k);
+        memcpy(o + k, s + h, (size_t)(n - h));
+    }
+    if (history != Py_None && PyList_Append(history, data) < 0) {
+        Py_DECREF(out);
         return NULL;
-    char *o = PyBytes_AS_STRING(out);
-    memcpy(o, PyBytes_AS_STRING(new), (size_t)k);
-    memcpy(o + k, s + h, (size_t)(n - h));
+    }
     return out;
 }
 

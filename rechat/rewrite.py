@@ -7,8 +7,8 @@ WHATWG HTML 9.2.6) and newline-delimited JSON streams (`NDJSONStreamRewriter`, O
 is not an answer object passes through byte for byte, and so does every object the
 transforms leave unchanged. Sessions keep the upstream's raw answer: this runs only on the way
 to the client. Pure and stdlib only: must not import aiohttp, nor any rechat module but
-`sse`, whose framing it shares (the transforms are duck-typed, so that modules need not
-import each other).
+`sse`, whose framing it shares, and `speedups`, the optional C form of the fused path (the
+transforms are duck-typed, so that modules need not import each other).
 
 The object-transform protocol: ``feed(obj) -> list[dict]`` returns the objects to emit for
 `obj`: the last one stands for `obj` itself (the same object when unchanged), any before it
@@ -46,11 +46,7 @@ import json
 from typing import Any, Protocol, Sequence
 
 from rechat.sse import whole_data_lines
-
-try:  # the fused path in C (rechat/_fused.c, built when a compiler is at hand)
-    from rechat._fused import event as _fused_event
-except ImportError:  # pragma: no cover - the pure-Python fused path below gives the same bytes
-    _fused_event = None
+from rechat.speedups import event as _fused_event  # None: the Python fused path (same bytes)
 
 __all__ = ["ObjectTransform", "rewrite_json", "SSEStreamRewriter", "NDJSONStreamRewriter",
            "stream_rewriter"]
@@ -254,11 +250,12 @@ class SSEStreamRewriter:
     def __init__(self, transforms: Sequence[ObjectTransform], defer: bool = True) -> None:
         self.transforms = list(transforms)
         # The first transform, set aside while no piece concerns it (see `_settle`), with its
-        # one-byte stops and whether ``\\u`` is one; the pieces it has not seen.
+        # one-byte stops and whether ``\\u`` is one; the pieces it has not seen (a list while
+        # it is set aside, else None).
         self._aside: ObjectTransform | None = None
         self._aside_stops: tuple[bytes, ...] = ()
         self._aside_escape = False
-        self._history: list[bytes] = []
+        self._history: list[bytes] | None = None
         stops_of = (getattr(self.transforms[0], "deferral_stops", None)
                     if defer and self.transforms else None)
         got = stops_of() if stops_of is not None else None
@@ -270,6 +267,7 @@ class SSEStreamRewriter:
             else:
                 self._aside = self.transforms.pop(0)
                 self._aside_stops, self._aside_escape = stops, escape
+                self._history = []
         # See _feed_events, which works them out on first use: a stream whose pieces are one
         # event each takes the fused path and never needs them.
         self._many: list | None = None
@@ -301,15 +299,14 @@ class SSEStreamRewriter:
             if whole > 1:
                 out = self._bulk(plan, data, whole)
                 if out is not None:
-                    if self._aside is not None:
+                    if self._history is not None:
                         self._history.append(data)
                     return out
             elif _fused_event is not None:
-                # The fused fast path below, in one C call (rechat/_fused.c).
-                out = _fused_event(data, plan)
+                # The fused fast path below, in one C call (rechat/_fused.c), which also adds
+                # the piece to the set-aside transform's history.
+                out = _fused_event(data, plan, self._history)
                 if out is not None:
-                    if self._aside is not None:
-                        self._history.append(data)
                     return out
             else:
                 # What follows the head, when the piece starts with it: one removeprefix both
@@ -332,7 +329,7 @@ class SSEStreamRewriter:
                             if rest.partition(stop)[1]:
                                 break
                         else:
-                            if self._aside is not None:
+                            if self._history is not None:
                                 self._history.append(data)
                             return data if plan[2] is None else plan[2] + rest
         if self._aside is not None:
@@ -346,7 +343,7 @@ class SSEStreamRewriter:
                         data.find(b"\\u") >= 0 or data[-1:] == b"\\"):
                     self._settle()  # (a \\u split between pieces: the first ends in \\)
                 else:
-                    self._history.append(data)
+                    self._history.append(data)  # (a list while a transform is set aside)
         if self._closed:
             raise ValueError("SSEStreamRewriter.feed() called after close()")
         if not data:
@@ -380,7 +377,7 @@ class SSEStreamRewriter:
         self._aside_stops, self._aside_escape = (), False  # its own rule has them now
         if self._history:
             SSEStreamRewriter([aside], defer=False).feed(b"".join(self._history))
-            self._history.clear()
+        self._history = None
         self.transforms.insert(0, aside)
         if self._many is not None:
             self._many.insert(0, _raw_events_of(aside))

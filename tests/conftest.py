@@ -25,6 +25,21 @@ from aiohttp import web
 SECRET = "sk-test-SECRET-do-not-store-0123456789"
 
 
+@pytest.fixture(params=["c", "python"])
+def both_paths(request, monkeypatch):
+    """Run a test with rechat's C helpers (`rechat.speedups`) and again with the Python each
+    caller falls back to, as with ``RECHAT_NO_EXTENSIONS=1``: the two must give the same bytes.
+    The C run is skipped only where the extension could not be built."""
+    from rechat import speedups
+
+    if request.param == "python":
+        monkeypatch.setattr("rechat.rewrite._fused_event", None)
+        monkeypatch.setattr("rechat.modelmap._fused_locate", None)
+    elif speedups.event is None:
+        pytest.skip("rechat._fused is not built, or RECHAT_NO_EXTENSIONS is set")
+    return request.param
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

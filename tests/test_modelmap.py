@@ -14,6 +14,9 @@ from rechat.modelmap import (_ABSENT, ModelMap, ModelRestore, _model_span, resto
 from rechat.rewrite import NDJSONStreamRewriter, SSEStreamRewriter, rewrite_json
 from rechat.think import ThinkTransform
 
+# Every test runs with the C helpers and with the Python beside them (conftest.both_paths).
+pytestmark = pytest.mark.usefixtures("both_paths")
+
 # The rerouter's own examples (seed: openai-model-rerouter-README.md), as JSON text.
 SEED_EXACT = '{"gpt-3.5-turbo": "llama3-8b", "gpt-4": "llama3-70b", "text-davinci-003": "codellama-34b"}'
 SEED_REGEX = r'{"/gpt-(.*)turbo/": "llama3-\\1-instruct", "/gpt-4(.*)$/": "claude-3-opus\\1"}'

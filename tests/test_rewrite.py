@@ -18,6 +18,9 @@ from rechat.modelmap import ModelRestore
 from rechat.rewrite import NDJSONStreamRewriter, SSEStreamRewriter, rewrite_json, stream_rewriter
 from rechat.think import ThinkTransform
 
+# Every test runs with the C helpers and with the Python beside them (conftest.both_paths).
+pytestmark = pytest.mark.usefixtures("both_paths")
+
 
 # -- whole bodies and stream choice ---------------------------------------------------------
 

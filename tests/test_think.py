@@ -24,6 +24,9 @@ from rechat.errors import ConfigError
 from rechat.rewrite import SSEStreamRewriter
 from rechat.think import ThinkMode, ThinkPatterns, ThinkRewriter, ThinkTransform, no_think, rewrite_text
 
+# Every test runs with the C helpers and with the Python beside them (conftest.both_paths).
+pytestmark = pytest.mark.usefixtures("both_paths")
+
 P = ThinkPatterns()
 OPEN, CLOSE = P.open_pattern, P.close_pattern  # harmony markers
 

@@ -1,0 +1,29 @@
+"""rechat's optional C helpers: the one place that imports `rechat._fused` (rechat/_fused.c).
+
+Two hot-path byte tests of the gateway's answer rewrite are in C: `event`, the SSE stream
+rewriter's fused path for one event (`rechat.rewrite.SSEStreamRewriter.feed`), and
+`locate`, the model's place in an answer of the usual shape (`rechat.modelmap._locate`).
+Each gives exactly what the Python next to its caller gives, and the callers fall back to
+that Python when the name here is None: the extension was not built (setup.py marks it
+optional, so an install without a C compiler goes on), or ``RECHAT_NO_EXTENSIONS`` is set
+to a non-empty value (as aiohttp's ``AIOHTTP_NO_EXTENSIONS``), which the tests use to run
+both. `BUILT` says whether the extension is importable at all.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+__all__ = ["BUILT", "event", "locate"]
+
+event: Callable[..., Any] | None = None
+locate: Callable[[bytes], Any] | None = None
+try:
+    from rechat import _fused
+except ImportError:  # pragma: no cover - no C compiler where rechat was installed
+    BUILT = False
+else:
+    BUILT = True
+    if not os.environ.get("RECHAT_NO_EXTENSIONS"):
+        event, locate = _fused.event, _fused.locate

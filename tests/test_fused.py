@@ -1,0 +1,150 @@
+"""Tests for rechat's C helpers (rechat/_fused.c, imported by rechat.speedups).
+
+Each helper must give what its rule says, which is what the Python beside its caller gives:
+`event` against a plain-Python statement of the fused rule, on generated events; `locate`
+against `rechat.modelmap._locate` with the C pass turned off, on generated JSON objects. The
+rewriter, think and model-map tests run both paths as well (conftest.both_paths).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rechat import modelmap, speedups
+
+if not speedups.BUILT:
+    # The install builds it wherever a C compiler is at hand (setup.py); make test's machine has one.
+    if shutil.which("cc") or shutil.which("gcc"):
+        pytest.fail("rechat._fused is not built although a C compiler is here: "
+                    "reinstall (pip install -e .) and read the build's output", pytrace=False)
+    pytest.skip("rechat._fused is not built (no C compiler)", allow_module_level=True)
+
+from rechat import _fused  # noqa: E402  (after the check above)
+
+HEAD = b'data: {"id":"c1","object":"chat.completion.chunk","model":"served-7"'
+NEW = b'data: {"id":"c1","object":"chat.completion.chunk","model":"asked"'
+STOPS = (b"\r", b"<", b"\\u")
+TAIL = (b'"model"', b"\\u")
+
+
+def rule(data: bytes, plan: tuple) -> bytes | None:
+    """The fused rule as `_fused.event`'s docstring states it, in plain Python."""
+    stops, head, new, tail = plan[:4]
+    if not (data.startswith(head) and len(data) >= len(head) + 3 and data.endswith(b"}\n\n")
+            and data.find(b"\n") == len(data) - 2):
+        return None
+    if any(data.find(x) >= 0 for x in stops) or any(data.find(x, len(head)) >= 0 for x in tail):
+        return None
+    return data if new is None else new + data[len(head):]
+
+
+# Text around the places the rule looks at: stops, tail stops, near misses, framing bytes.
+_PIECES = st.sampled_from([b"a", b" ", b'"', b":", b",", b"}", b"{", b"\n", b"\r", b"<", b"\\",
+                           b"u", b"\\u003c", b'"model"', b'"mode"', b'model"', b"\\n", b"\xc3\xa9",
+                           b'"content":"hi"', b"}\n\n"])
+_BODY = st.lists(_PIECES, max_size=12).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(start=st.sampled_from([HEAD, NEW, HEAD[:-1], b"data: {", b""]), body=_BODY,
+       end=st.sampled_from([b"}\n\n", b"}\n", b"}", b"\n\n", b"}\r\n\r\n", b""]),
+       new=st.sampled_from([None, NEW, b"data: {"]),
+       stops=st.sampled_from([STOPS, (b"\r",), (), (b"\r", b"<", b"\\u", b"</think>")]),
+       tail=st.sampled_from([TAIL, (), (b'"model"',), (b"\\u",)]))
+def test_event_follows_its_rule(start, body, end, new, stops, tail):
+    data = start + body + end
+    plan = (stops, HEAD, new, tail, 0)
+    want = rule(data, plan)
+    history: list[bytes] = []
+    assert _fused.event(data, plan, history) == want
+    assert _fused.event(data, plan, None) == want
+    # The piece joins the history exactly when the rule takes it.
+    assert history == ([] if want is None else [data])
+
+
+def test_event_shares_an_unchanged_piece_and_renames_the_head():
+    data = HEAD + b',"choices":[{"delta":{"content":"hi"}}]}\n\n'
+    assert _fused.event(data, (STOPS, HEAD, None, TAIL, 0), None) is data
+    assert _fused.event(data, (STOPS, HEAD, NEW, TAIL, 0), None) == NEW + data[len(HEAD):]
+    # A stop anywhere, a tail stop after the head, a second line: the general path's work.
+    for bad in (data.replace(b"hi", b"<hi"), data.replace(b"hi", b"\\u0068i"),
+                data.replace(b'"hi"', b'"hi","model":"m"'), data[:-3] + b"}\ndata: x}\n\n",
+                data.replace(b"hi", b"h\ri")):
+        assert _fused.event(bad, (STOPS, HEAD, NEW, TAIL, 0), None) is None, bad
+
+
+def test_event_declines_what_is_not_its_shape_and_checks_its_arguments():
+    plan = (STOPS, HEAD, NEW, TAIL, 0)
+    data = HEAD + b"}\n\n"
+    assert _fused.event(bytearray(data), plan, None) is None  # bytes only
+    assert _fused.event(data, list(plan), None) is None
+    assert _fused.event(data, (STOPS, HEAD), None) is None
+    assert _fused.event(data, ([b"\r"], HEAD, NEW, TAIL), None) is None
+    assert _fused.event(data, (STOPS, HEAD, NEW, TAIL), ()) is None  # history: a list or None
+    assert _fused.event(data, ((b"",), HEAD, NEW, TAIL), None) is None  # an empty stop: held
+    assert _fused.event(data, (STOPS, b"", NEW, TAIL), None) is None
+    with pytest.raises(TypeError):
+        _fused.event(data, plan)
+    with pytest.raises(TypeError):
+        _fused.locate()
+
+
+# -- locate ---------------------------------------------------------------------------------
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 5),
+                     st.text(alphabet='ab"\\<:,{}[] \né\u2028', max_size=6))
+_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3),
+    st.dictionaries(st.sampled_from(["model", "a", "b", "mo\"del", "choices"]), inner,
+                    max_size=3)), max_leaves=6)
+
+
+@settings(max_examples=400, deadline=None)
+@given(before=st.dictionaries(st.sampled_from(["id", "object", "created", "x"]), _VALUES,
+                              max_size=3),
+       after=st.dictionaries(st.sampled_from(["choices", "usage", "y"]), _VALUES, max_size=3),
+       model=st.one_of(st.text(alphabet='gpt-4o"\\é<', max_size=8), st.integers(), st.none()),
+       has_model=st.booleans(), separators=st.sampled_from([(", ", ": "), (",", ":")]),
+       ascii_only=st.booleans())
+def test_locate_agrees_with_the_python_it_stands_for(before, after, model, has_model,
+                                                     separators, ascii_only):
+    obj = {**before, **({"model": model} if has_model else {}), **after}
+    raw = json.dumps(obj, separators=separators, ensure_ascii=ascii_only).encode()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(modelmap, "_fused_locate", None)
+        want = modelmap._locate(raw)
+    got = _fused.locate(raw)
+    assert got is None or got == want
+    # The usual answer is the C pass's to give: a flat start, no escapes, a string model.
+    flat = all(not isinstance(v, (list, dict)) for v in before.values())
+    if (has_model and isinstance(model, str) and flat and b"\\" not in raw
+            and raw.count(b'"model"') == 1):
+        assert got == want and got is not None
+
+
+def test_locate_leaves_unusual_bodies_to_python():
+    for raw in (b'{"a":{"model":"x"}}', b'{"model":"x","model":"y"}', b'{"model":1}',
+                b'{"a":"\\u0041","model":"x"}', b'{"model" : "x"}', b'[{"model":"x"}]',
+                b'{"model":"x"', b'{"model":"x}', b"", b'{"model":"x"} ', bytearray(b'{"model":"x"}')):
+        assert _fused.locate(raw) is None, raw
+    assert _fused.locate(b'{"id":"1", "model": "gpt-4o"}') == (20, 27, 11)
+    assert _fused.locate(b'{"model":"m","choices":[]}') == (9, 11, 1)
+
+
+def test_no_extensions_turns_the_c_helpers_off():
+    code = "from rechat import speedups; print(speedups.BUILT, speedups.event, speedups.locate)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "RECHAT_NO_EXTENSIONS": "1"}).stdout
+    assert out.split() == ["True", "None", "None"]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items()
+                              if k != "RECHAT_NO_EXTENSIONS"}).stdout
+    assert out.split()[0] == "True" and "built-in function event" in out
