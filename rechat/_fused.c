@@ -15,11 +15,51 @@ run both and compare them (tests/test_fused.py).
 #include <Python.h>
 #include <string.h>
 
-/* Whether s[0:n] holds `stop` (bytes). An empty stop is taken as held (the caller then
-   takes the general path): Python's partition would raise for one. One byte: memchr. Longer:
-   Horspool's search (R. N. Horspool, "Practical fast searching in strings", 1980), which
-   for these short needles (``"model"``, ``\\u``) over a few hundred bytes beats glibc's
-   memmem, whose two-way set-up costs more than the search. */
+/* The key the model map looks for, and its Horspool table (built on first use). */
+static const char KEY[] = "\"model\"";
+#define KEY_LEN 7
+static unsigned char key_skip[256];
+static int key_skip_ready = 0;
+
+/* Horspool's shift table for the needle p[0:m], 2 <= m <= 255. */
+static void
+make_skip(unsigned char *skip, const unsigned char *p, Py_ssize_t m)
+{
+    memset(skip, (int)m, 256);
+    for (Py_ssize_t i = 0; i < m - 1; i++)
+        skip[p[i]] = (unsigned char)(m - 1 - i);
+}
+
+/* The index of the first p[0:m] in t[0:n], or -1: Horspool's search (R. N. Horspool,
+   "Practical fast searching in strings", 1980) with its table `skip`. For these short
+   needles over a few hundred bytes it beats glibc's memmem, whose two-way set-up costs more
+   than the search. */
+static Py_ssize_t
+horspool(const unsigned char *t, Py_ssize_t n, const unsigned char *p, Py_ssize_t m,
+         const unsigned char *skip)
+{
+    unsigned char last = p[m - 1];
+    for (Py_ssize_t i = 0; i <= n - m; i += skip[t[i + m - 1]]) {
+        if (t[i + m - 1] == last && memcmp(t + i, p, (size_t)(m - 1)) == 0)
+            return i;
+    }
+    return -1;
+}
+
+/* The index of the first ``"model"`` in s[0:n], or -1. */
+static Py_ssize_t
+find_key(const char *s, Py_ssize_t n)
+{
+    if (!key_skip_ready) {
+        make_skip(key_skip, (const unsigned char *)KEY, KEY_LEN);
+        key_skip_ready = 1;
+    }
+    return horspool((const unsigned char *)s, n, (const unsigned char *)KEY, KEY_LEN, key_skip);
+}
+
+/* Whether s[0:n] holds `stop` (m bytes). An empty stop is taken as held (the caller then
+   takes the general path): Python's partition would raise for one. One byte: memchr; two:
+   memchr for the first, then the second; the key: its kept table; longer: Horspool. */
 static int
 holds(const char *s, Py_ssize_t n, const char *stop, Py_ssize_t m)
 {
@@ -31,7 +71,7 @@ holds(const char *s, Py_ssize_t n, const char *stop, Py_ssize_t m)
         return 1;
     if (m > n)
         return 0;
-    if (m == 2) {  /* the first byte by memchr, then the second */
+    if (m == 2) {
         const unsigned char *q = t, *end = t + n - 1;
         while (q < end && (q = memchr(q, p[0], (size_t)(end - q))) != NULL) {
             if (q[1] == p[1])
@@ -40,18 +80,13 @@ holds(const char *s, Py_ssize_t n, const char *stop, Py_ssize_t m)
         }
         return 0;
     }
+    if (m == KEY_LEN && memcmp(p, KEY, KEY_LEN) == 0)
+        return find_key(s, n) >= 0;
     if (m > 255)
         return memmem(s, (size_t)n, p, (size_t)m) != NULL;
     unsigned char skip[256];
-    memset(skip, (int)m, sizeof skip);
-    for (Py_ssize_t i = 0; i < m - 1; i++)
-        skip[p[i]] = (unsigned char)(m - 1 - i);
-    unsigned char last = p[m - 1];
-    for (Py_ssize_t i = 0; i <= n - m; i += skip[t[i + m - 1]]) {
-        if (t[i + m - 1] == last && memcmp(t + i, p, (size_t)(m - 1)) == 0)
-            return 1;
-    }
-    return 0;
+    make_skip(skip, p, m);
+    return horspool(t, n, p, m, skip) >= 0;
 }
 
 PyDoc_STRVAR(event_doc,
@@ -144,26 +179,23 @@ locate(PyObject *module, PyObject *raw)
         Py_RETURN_NONE;
     const char *s = PyBytes_AS_STRING(raw);
     Py_ssize_t n = PyBytes_GET_SIZE(raw);
-    static const char key[] = "\"model\"";
-    const Py_ssize_t k = 7;
+    const Py_ssize_t k = KEY_LEN;
     if (n < k + 4 || s[0] != '{' || s[n - 1] != '}' || memchr(s, '\\', (size_t)n) != NULL)
         Py_RETURN_NONE;
-    /* One pass over the flat prefix: quotes counted, nesting refused, up to the first key. */
-    Py_ssize_t quotes = 0, i = 1;
-    for (; i + k <= n; i++) {
-        char c = s[i];
-        if (c == '"') {
-            if (memcmp(s + i, key, (size_t)k) == 0)
-                break;
-            quotes++;
-        }
-        else if (c == '{' || c == '}' || c == '[' || c == ']')
-            Py_RETURN_NONE;
-    }
-    if (i + k > n || (quotes & 1))
+    /* The key, once: none after it. */
+    Py_ssize_t i = find_key(s, n);
+    if (i < 1 || find_key(s + i + k, n - i - k) >= 0)
         Py_RETURN_NONE;
-    /* Only the one key: none after it either. */
-    if (holds(s + i + k, n - i - k, key, k))
+    /* Only flat members before it: no nesting but the opening brace, and quotes in pairs
+       (without escapes a quote opens or closes a string), so the key is not in a string.
+       (A loop without branches, which the compiler vectorizes.) */
+    unsigned int quotes = 0, nested = 0;
+    for (Py_ssize_t j = 1; j < i; j++) {
+        unsigned char c = (unsigned char)s[j];
+        quotes += c == '"';
+        nested |= (c | 0x20) == '{' || (c | 0x20) == '}';  /* [ ] are { } without 0x20 */
+    }
+    if (nested || (quotes & 1))
         Py_RETURN_NONE;
     Py_ssize_t v;
     if (s[i + k] == ':' && s[i + k + 1] == ' ' && s[i + k + 2] == '"')
@@ -175,7 +207,20 @@ locate(PyObject *module, PyObject *raw)
     const char *e = memchr(s + v + 1, '"', (size_t)(n - v - 1));
     if (e == NULL)
         Py_RETURN_NONE;
-    return Py_BuildValue("(nnn)", v, (Py_ssize_t)(e - s), i);
+    /* (A tuple built by hand: Py_BuildValue parses its format on every call.) */
+    PyObject *out = PyTuple_New(3);
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t at[3] = {v, (Py_ssize_t)(e - s), i};
+    for (int j = 0; j < 3; j++) {
+        PyObject *x = PyLong_FromSsize_t(at[j]);
+        if (x == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, j, x);
+    }
+    return out;
 }
 
 static PyMethodDef methods[] = {
