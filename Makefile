@@ -10,7 +10,8 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# setup.py builds the optional C helper rechat/_fused.c in place (rechat.speedups).
+$(STAMP): pyproject.toml setup.py rechat/_fused.c | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
@@ -33,4 +34,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_proxy.py
 
 clean:
-	rm -rf $(VENV) .cache build *.egg-info
+	rm -rf $(VENV) .cache build *.egg-info rechat/*.so
