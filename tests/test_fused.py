@@ -135,6 +135,12 @@ def test_locate_leaves_unusual_bodies_to_python():
                 b'{"a":"\\u0041","model":"x"}', b'{"model" : "x"}', b'[{"model":"x"}]',
                 b'{"model":"x"', b'{"model":"x}', b"", b'{"model":"x"} ', bytearray(b'{"model":"x"}')):
         assert _fused.locate(raw) is None, raw
+    # Not JSON: an odd quote before the key puts it in a string as far as the bytes tell.
+    odd = b'{"a":"x"model":"y"}'
+    assert _fused.locate(odd) is None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(modelmap, "_fused_locate", None)
+        assert modelmap._locate(odd) == modelmap._ABSENT
     assert _fused.locate(b'{"id":"1", "model": "gpt-4o"}') == (20, 27, 11)
     assert _fused.locate(b'{"model":"m","choices":[]}') == (9, 11, 1)
 
