@@ -89,6 +89,67 @@ holds(const char *s, Py_ssize_t n, const char *stop, Py_ssize_t m)
     return horspool(t, n, p, m, skip) >= 0;
 }
 
+/* A fused plan's parts (`rechat.rewrite.SSEStreamRewriter._make_plan`), checked. */
+typedef struct {
+    PyObject *stops, *tail;        /* tuples of bytes */
+    const char *head, *new;        /* new: NULL when nothing is renamed */
+    Py_ssize_t h, k;               /* their lengths */
+} Plan;
+
+/* Fill `pl` from `plan`; 0 when it is not a plan's shape (the caller then declines). */
+static int
+read_plan(PyObject *plan, Plan *pl)
+{
+    if (!PyTuple_CheckExact(plan) || PyTuple_GET_SIZE(plan) < 4)
+        return 0;
+    PyObject *stops = PyTuple_GET_ITEM(plan, 0), *head = PyTuple_GET_ITEM(plan, 1);
+    PyObject *new = PyTuple_GET_ITEM(plan, 2), *tail = PyTuple_GET_ITEM(plan, 3);
+    if (!PyTuple_CheckExact(stops) || !PyBytes_CheckExact(head) || !PyTuple_CheckExact(tail)
+            || (new != Py_None && !PyBytes_CheckExact(new)) || PyBytes_GET_SIZE(head) == 0)
+        return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(stops); i++)
+        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(stops, i)))
+            return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tail); i++)
+        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(tail, i)))
+            return 0;
+    pl->stops = stops;
+    pl->tail = tail;
+    pl->head = PyBytes_AS_STRING(head);
+    pl->h = PyBytes_GET_SIZE(head);
+    pl->new = new == Py_None ? NULL : PyBytes_AS_STRING(new);
+    pl->k = new == Py_None ? 0 : PyBytes_GET_SIZE(new);
+    return 1;
+}
+
+/* Whether s[0:n] holds one of `stops` (a tuple of bytes). A stop that starts with a backslash (\\u) cannot occur where there is none (`slash` 0). */
+static int
+holds_any(const char *s, Py_ssize_t n, PyObject *stops, int slash)
+{
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(stops); i++) {
+        PyObject *stop = PyTuple_GET_ITEM(stops, i);
+        const char *p = PyBytes_AS_STRING(stop);
+        Py_ssize_t m = PyBytes_GET_SIZE(stop);
+        if ((slash || m == 0 || p[0] != '\\') && holds(s, n, p, m))
+            return 1;
+    }
+    return 0;
+}
+
+/* Whether the n bytes at s are one event the plan takes: ``data: {...}\n\n`` starting with
+   its head, no other LF, none of its stops, no tail stop after the head. */
+static int
+takes(const char *s, Py_ssize_t n, const Plan *pl)
+{
+    if (n < pl->h + 3 || memcmp(s, pl->head, (size_t)pl->h) != 0
+            || s[n - 3] != '}' || s[n - 2] != '\n' || s[n - 1] != '\n'
+            || memchr(s, '\n', (size_t)(n - 2)) != NULL)
+        return 0;
+    int slash = memchr(s, '\\', (size_t)n) != NULL;
+    return !holds_any(s, n, pl->stops, slash)
+        && !holds_any(s + pl->h, n - pl->h, pl->tail, slash);
+}
+
 PyDoc_STRVAR(event_doc,
 "event(data, plan, history) -> bytes | None\n\n"
 "The fused path of rechat.rewrite.SSEStreamRewriter for one piece.\n\n"
@@ -108,56 +169,84 @@ event(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "event() takes 3 arguments (data, plan, history)");
         return NULL;
     }
-    PyObject *data = args[0], *plan = args[1], *history = args[2];
-    if (!PyBytes_CheckExact(data) || !PyTuple_CheckExact(plan) || PyTuple_GET_SIZE(plan) < 4)
-        Py_RETURN_NONE;
-    PyObject *stops = PyTuple_GET_ITEM(plan, 0), *head = PyTuple_GET_ITEM(plan, 1);
-    PyObject *new = PyTuple_GET_ITEM(plan, 2), *tail = PyTuple_GET_ITEM(plan, 3);
-    if (!PyTuple_CheckExact(stops) || !PyBytes_CheckExact(head) || !PyTuple_CheckExact(tail)
-            || (new != Py_None && !PyBytes_CheckExact(new))
+    PyObject *data = args[0], *history = args[2];
+    Plan pl;
+    if (!PyBytes_CheckExact(data) || !read_plan(args[1], &pl)
             || (history != Py_None && !PyList_Check(history)))
         Py_RETURN_NONE;
     const char *s = PyBytes_AS_STRING(data);
-    Py_ssize_t n = PyBytes_GET_SIZE(data), h = PyBytes_GET_SIZE(head);
-    if (h == 0 || n < h + 3 || memcmp(s, PyBytes_AS_STRING(head), (size_t)h) != 0
-            || s[n - 3] != '}' || s[n - 2] != '\n' || s[n - 1] != '\n'
-            || memchr(s, '\n', (size_t)(n - 2)) != NULL)
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    if (!takes(s, n, &pl))
         Py_RETURN_NONE;
-    /* A stop that starts with a backslash (\\u) cannot occur in bytes without one. */
-    int slash = memchr(s, '\\', (size_t)n) != NULL;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(stops); i++) {
-        PyObject *stop = PyTuple_GET_ITEM(stops, i);
-        if (!PyBytes_CheckExact(stop))
-            Py_RETURN_NONE;
-        const char *p = PyBytes_AS_STRING(stop);
-        Py_ssize_t m = PyBytes_GET_SIZE(stop);
-        if ((slash || m == 0 || p[0] != '\\') && holds(s, n, p, m))
-            Py_RETURN_NONE;
-    }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tail); i++) {
-        PyObject *stop = PyTuple_GET_ITEM(tail, i);
-        if (!PyBytes_CheckExact(stop))
-            Py_RETURN_NONE;
-        const char *p = PyBytes_AS_STRING(stop);
-        Py_ssize_t m = PyBytes_GET_SIZE(stop);
-        if ((slash || m == 0 || p[0] != '\\') && holds(s + h, n - h, p, m))
-            Py_RETURN_NONE;
-    }
     PyObject *out;
-    if (new == Py_None)
+    if (pl.new == NULL)
         out = Py_NewRef(data);
     else {
-        Py_ssize_t k = PyBytes_GET_SIZE(new);
-        out = PyBytes_FromStringAndSize(NULL, k + n - h);
+        out = PyBytes_FromStringAndSize(NULL, pl.k + n - pl.h);
         if (out == NULL)
             return NULL;
         char *o = PyBytes_AS_STRING(out);
-        memcpy(o, PyBytes_AS_STRING(new), (size_t)k);
-        memcpy(o + k, s + h, (size_t)(n - h));
+        memcpy(o, pl.new, (size_t)pl.k);
+        memcpy(o + pl.k, s + pl.h, (size_t)(n - pl.h));
     }
     if (history != Py_None && PyList_Append(history, data) < 0) {
         Py_DECREF(out);
         return NULL;
+    }
+    return out;
+}
+
+PyDoc_STRVAR(events_doc,
+"events(data, count, plan) -> bytes | None\n\n"
+"`event` over `count` events side by side (rechat.rewrite.SSEStreamRewriter._bulk): when\n"
+"`data` (bytes) is exactly `count` events that `event` would each take, return `data`\n"
+"(`new` None) or the events with each head swapped for `new`; otherwise None (the caller\n"
+"takes them one by one). One pass per event, as `event` makes, whatever `count`. Raises\n"
+"TypeError only for wrong arguments, MemoryError when out of memory.");
+
+static PyObject *
+events(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t count;
+    if (nargs != 3 || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "events() takes 3 arguments (data, count: int, plan)");
+        return NULL;
+    }
+    count = PyLong_AsSsize_t(args[1]);
+    if (count == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *data = args[0];
+    Plan pl;
+    if (count < 1 || !PyBytes_CheckExact(data) || !read_plan(args[2], &pl))
+        Py_RETURN_NONE;
+    const char *s = PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data), pos = 0;
+    /* Each event ends at its first LF, which must be the first of its blank line. */
+    for (Py_ssize_t c = 0; c < count; c++) {
+        const char *lf = memchr(s + pos, '\n', (size_t)(n - pos));
+        if (lf == NULL || lf + 1 >= s + n)
+            Py_RETURN_NONE;
+        Py_ssize_t end = lf - s + 2;
+        if (!takes(s + pos, end - pos, &pl))
+            Py_RETURN_NONE;
+        pos = end;
+    }
+    if (pos != n)
+        Py_RETURN_NONE;
+    if (pl.new == NULL)
+        return Py_NewRef(data);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n + count * (pl.k - pl.h));
+    if (out == NULL)
+        return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    pos = 0;
+    for (Py_ssize_t c = 0; c < count; c++) {
+        const char *lf = memchr(s + pos, '\n', (size_t)(n - pos));
+        Py_ssize_t end = lf - s + 2;
+        memcpy(o, pl.new, (size_t)pl.k);
+        memcpy(o + pl.k, s + pos + pl.h, (size_t)(end - pos - pl.h));
+        o += pl.k + end - pos - pl.h;
+        pos = end;
     }
     return out;
 }
@@ -225,6 +314,7 @@ locate(PyObject *module, PyObject *raw)
 
 static PyMethodDef methods[] = {
     {"event", (PyCFunction)(void (*)(void))event, METH_FASTCALL, event_doc},
+    {"events", (PyCFunction)(void (*)(void))events, METH_FASTCALL, events_doc},
     {"locate", locate, METH_O, locate_doc},
     {NULL, NULL, 0, NULL},
 };

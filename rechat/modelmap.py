@@ -38,7 +38,8 @@ import re
 from typing import Any, Mapping
 
 from rechat.errors import ConfigError
-from rechat.speedups import locate as _fused_locate  # None: _locate's Python (same answer)
+# None: the Python beside each caller (the same answers)
+from rechat.speedups import events as _fused_events, locate as _fused_locate
 
 __all__ = ["ModelMap", "restore_response_model", "ModelRestore", "rewrite_request_bytes"]
 
@@ -190,6 +191,7 @@ def _check_template(rx: re.Pattern[str], template: str, where: str) -> None:
 # -- the top-level "model" in JSON bytes -----------------------------------------------------
 
 _KEY = b'"model"'
+_RULE_TAIL = (_KEY, b"\\u")  # raw_rule's tail stops
 _WS = b" \t\n\r"
 # A complete JSON string (unrolled: no backtracking on long strings).
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
@@ -460,6 +462,10 @@ class ModelRestore:
             memo = self._memo
         head, new, cut = memo
         old = b"data: " + head
+        if _fused_events is not None:
+            # Event by event in C (rechat/_fused.c), under the rule `raw_rule` states.
+            return _fused_events(events, count, ((), old, None if new is head
+                                                 else b"data: " + new, _RULE_TAIL))
         # Each blank line but the last is "}\n\n" + `old` and the first event starts with it:
         # every event does, and ends its object (`old` has unescaped quotes: it occurs only
         # where an event starts). One key per event: the one in `old`.
@@ -489,7 +495,7 @@ class ModelRestore:
         memo = self._memo
         if memo is None:
             return None
-        return (), memo[0], memo[1], (_KEY, b"\\u"), memo[2]
+        return (), memo[0], memo[1], _RULE_TAIL, memo[2]
 
     def end(self) -> list[dict]:
         """Return [] (nothing is held)."""

@@ -46,7 +46,8 @@ import json
 from typing import Any, Protocol, Sequence
 
 from rechat.sse import whole_data_lines
-from rechat.speedups import event as _fused_event  # None: the Python fused path (same bytes)
+# None: the Python fused paths (the same bytes)
+from rechat.speedups import event as _fused_event, events as _fused_events
 
 __all__ = ["ObjectTransform", "rewrite_json", "SSEStreamRewriter", "NDJSONStreamRewriter",
            "stream_rewriter"]
@@ -542,22 +543,29 @@ class SSEStreamRewriter:
         replace of `old`, which holds a tail stop that the head holds once (`raw_rule`'s
         `cut`): it occurs once per event, at its head. A handful of C scans, whatever `count`.
         """
-        stops, head, new, tail_stops, cut = plan
-        rule = self._bulk_rule
-        if rule is None or rule[0] is not plan:
-            # How often the head holds each tail stop (none starting with a backslash when it
-            # holds no backslash: a memchr instead of a count), and the heads from `cut` on.
-            slash = head.partition(b"\\")[1]
-            counted = []
-            for x in tail_stops:
-                counted.append((x, head.count(x) if slash or x[:1] != b"\\" else 0))
-            rule = self._bulk_rule = (plan, tuple(counted), head[cut:],
-                                      None if new is None else new[cut:])
-        _, tail, old, fresh = rule
         done = events[-14:] == b"data: [DONE]\n\n"
         if done:
             events, count = events[:-14], count - 1
-        if count:
+        if count and _fused_events is not None:
+            # Event by event in C (rechat/_fused.c): a C scan of a few KB for each of the
+            # checks below costs more than walking the events once.
+            events = _fused_events(events, count, plan)
+            if events is None:
+                return None
+        elif count:
+            stops, head, new, tail_stops, cut = plan
+            rule = self._bulk_rule
+            if rule is None or rule[0] is not plan:
+                # How often the head holds each tail stop (none starting with a backslash
+                # when it holds no backslash: a memchr instead of a count), and the heads
+                # from `cut` on.
+                slash = head.partition(b"\\")[1]
+                counted = []
+                for x in tail_stops:
+                    counted.append((x, head.count(x) if slash or x[:1] != b"\\" else 0))
+                rule = self._bulk_rule = (plan, tuple(counted), head[cut:],
+                                          None if new is None else new[cut:])
+            _, tail, old, fresh = rule
             if (events[:len(head)] != head or events[-3:] != b"}\n\n"
                     or (count > 1 and events.count(b"}\n\n" + head) != count - 1)):
                 return None

@@ -1,8 +1,9 @@
 """rechat's optional C helpers: the one place that imports `rechat._fused` (rechat/_fused.c).
 
-Two hot-path byte tests of the gateway's answer rewrite are in C: `event`, the SSE stream
-rewriter's fused path for one event (`rechat.rewrite.SSEStreamRewriter.feed`), and
-`locate`, the model's place in an answer of the usual shape (`rechat.modelmap._locate`).
+Hot-path byte tests of the gateway's answer rewrite are in C: `event`, the SSE stream
+rewriter's fused path for one event (`rechat.rewrite.SSEStreamRewriter.feed`), `events`,
+the same over several events in one piece (`SSEStreamRewriter._bulk`), and `locate`, the
+model's place in an answer of the usual shape (`rechat.modelmap._locate`).
 Each gives exactly what the Python next to its caller gives, and the callers fall back to
 that Python when the name here is None: the extension was not built (setup.py marks it
 optional, so an install without a C compiler goes on), or ``RECHAT_NO_EXTENSIONS`` is set
@@ -15,9 +16,10 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-__all__ = ["BUILT", "event", "locate"]
+__all__ = ["BUILT", "event", "events", "locate"]
 
 event: Callable[..., Any] | None = None
+events: Callable[..., Any] | None = None
 locate: Callable[[bytes], Any] | None = None
 try:
     from rechat import _fused
@@ -26,4 +28,4 @@ except ImportError:  # pragma: no cover - no C compiler where rechat was install
 else:
     BUILT = True
     if not os.environ.get("RECHAT_NO_EXTENSIONS"):
-        event, locate = _fused.event, _fused.locate
+        event, events, locate = _fused.event, _fused.events, _fused.locate

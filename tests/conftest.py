@@ -34,7 +34,9 @@ def both_paths(request, monkeypatch):
 
     if request.param == "python":
         monkeypatch.setattr("rechat.rewrite._fused_event", None)
+        monkeypatch.setattr("rechat.rewrite._fused_events", None)
         monkeypatch.setattr("rechat.modelmap._fused_locate", None)
+        monkeypatch.setattr("rechat.modelmap._fused_events", None)
     elif speedups.event is None:
         pytest.skip("rechat._fused is not built, or RECHAT_NO_EXTENSIONS is set")
     return request.param

@@ -70,6 +70,28 @@ def test_event_follows_its_rule(start, body, end, new, stops, tail):
     assert history == ([] if want is None else [data])
 
 
+_EVENT = st.tuples(st.sampled_from([HEAD, HEAD, NEW, b"data: {"]), _BODY,
+                   st.sampled_from([b"}\n\n", b"}\n\n", b"}\n\n", b"\n\n", b"}\r\n\r\n"])
+                   ).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(evs=st.lists(_EVENT, min_size=1, max_size=5), new=st.sampled_from([None, NEW]),
+       tail=st.sampled_from([TAIL, ()]), extra=st.sampled_from([b"", b"x", b"\n"]),
+       off=st.sampled_from([0, 0, 1, -1]))
+def test_events_is_event_over_each(evs, new, tail, extra, off):
+    plan = (STOPS, HEAD, new, tail, 0)
+    data = b"".join(evs) + extra
+    each = [rule(e, plan) for e in evs]
+    # Exactly `count` events the rule takes each, nothing after them: their results, joined.
+    want = (b"".join(each) if not extra and not off and None not in each
+            and all(e.count(b"\n") == 2 for e in evs) else None)
+    got = _fused.events(data, len(evs) + off, plan)
+    assert got == want
+    if want is not None and new is None:
+        assert got is data
+
+
 def test_event_shares_an_unchanged_piece_and_renames_the_head():
     data = HEAD + b',"choices":[{"delta":{"content":"hi"}}]}\n\n'
     assert _fused.event(data, (STOPS, HEAD, None, TAIL, 0), None) is data
@@ -95,6 +117,10 @@ def test_event_declines_what_is_not_its_shape_and_checks_its_arguments():
         _fused.event(data, plan)
     with pytest.raises(TypeError):
         _fused.locate()
+    with pytest.raises(TypeError):
+        _fused.events(data, "1", plan)
+    assert _fused.events(data, 0, plan) is None
+    assert _fused.events(data, 1, plan) == NEW + b"}\n\n"
 
 
 # -- locate ---------------------------------------------------------------------------------
