@@ -1,12 +1,15 @@
-/* rechat._fused: the SSE stream rewriter's fused path for one event, in one C call.
+/* rechat._fused: the gateway's hot byte tests in C, imported through rechat/speedups.py.
 
-Owns nothing but a byte test: `rechat.rewrite.SSEStreamRewriter.feed` asks it, for every
-piece of a stream that may be one ``data: {...}\n\n`` event, what the pure-Python fused
-path in that method would give (see its class docstring and `_make_plan`). In Python that
-path is a dozen bytes-method calls, each a few hundred instructions of CPython's call
-machinery around a memchr; here it is the memchrs. Optional: rechat/rewrite.py falls back to
-its own Python when the extension is not built (setup.py marks it optional), and the tests
-run both and compare them (tests/test_fused.py).
+Owns three byte tests, each the C form of Python that stays beside its caller and gives the
+same answer: `event` and `events`, the SSE stream rewriter's fused path for a piece of one
+event or of several (`rechat.rewrite.SSEStreamRewriter.feed` and `_bulk`, the rule in its
+class docstring and `_make_plan`; `rechat.modelmap.ModelRestore.feed_raw_events`), and
+`locate`, the model's place in an answer of the usual shape (`rechat.modelmap._locate`).
+In Python each is a dozen bytes-method calls or scans, each a few hundred instructions of
+CPython's call machinery around a memchr; here it is the memchrs. Optional: setup.py marks
+the extension optional and the callers fall back to their Python when it is not built or
+RECHAT_NO_EXTENSIONS is set; tests/test_fused.py checks each against its rule, and the
+rewrite, think and model-map tests run both paths.
 */
 #define PY_SSIZE_T_CLEAN
 #ifndef _GNU_SOURCE
@@ -321,7 +324,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "rechat._fused",
-    "The SSE stream rewriter's fused path for one event, in C (see rechat/rewrite.py).",
+    "The gateway's hot byte tests in C (see rechat/speedups.py).",
     0, methods,
 };
 
