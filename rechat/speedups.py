@@ -4,8 +4,9 @@ Hot-path byte tests of the gateway's answer rewrite are in C: `event`, the SSE s
 rewriter's fused path for one event (`rechat.rewrite.SSEStreamRewriter.feed`), `events`,
 the same over several events in one piece (`SSEStreamRewriter._bulk`), and `locate`, the
 model's place in an answer of the usual shape (`rechat.modelmap._locate`).
-Each gives exactly what the Python next to its caller gives, and the callers fall back to
-that Python when the name here is None: the extension was not built (setup.py marks it
+Each gives what the Python next to its caller gives (where one of them declines a corner
+case the other takes, the caller's slower path gives the same bytes), and the callers fall
+back to that Python when the name here is None: the extension was not built (setup.py marks it
 optional, so an install without a C compiler goes on), or ``RECHAT_NO_EXTENSIONS`` is set
 to a non-empty value (as aiohttp's ``AIOHTTP_NO_EXTENSIONS``), which the tests use to run
 both. `BUILT` says whether the extension is importable at all.
