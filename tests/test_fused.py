@@ -1,9 +1,9 @@
 """Tests for rechat's C helpers (rechat/_fused.c, imported by rechat.speedups).
 
 Each helper must give what its rule says, which is what the Python beside its caller gives:
-`event` against a plain-Python statement of the fused rule, on generated events; `locate`
-against `rechat.modelmap._locate` with the C pass turned off, on generated JSON objects. The
-rewriter, think and model-map tests run both paths as well (conftest.both_paths).
+`event` and `events` against a plain-Python statement of the fused rule, on generated events;
+`locate` against `rechat.modelmap._locate` with the C pass turned off, on generated JSON
+objects. The rewriter, think and model-map tests run both paths as well (conftest.both_paths).
 """
 
 from __future__ import annotations
