@@ -183,6 +183,22 @@ def test_sse_model_rename_at_every_byte_boundary():
         assert events(out) == events(whole), i
 
 
+@pytest.mark.parametrize("contents", SSE_CONTENTS)
+def test_an_event_completed_by_the_next_piece_gives_the_general_paths_bytes(contents):
+    # A piece that completes an event begun in the one before (an upstream whose writes do
+    # not end where events do), at every cut, the rename and the think rewrite in the chain:
+    # the completed event (a [DONE] among them, after text the rewrite still holds) and the
+    # whole events after it must come out as the byte-at-a-time reference gives them.
+    objs = [{**chunk({"content": c}), "model": "llama3-70b"} for c in ["", *contents]]
+    data = sse(objs)
+    chain = lambda: [ThinkTransform("strip"), ModelRestore("gpt-4")]  # noqa: E731
+    want = byte_by_byte(data, chain())
+    for i in range(1, len(data)):
+        pieces = [data[:i], data[i:]]
+        assert relayed(pieces, chain()) == want, i
+        assert run_sse(data, [i], transforms=chain()) == want, i
+
+
 def test_sse_model_rename_keeps_the_upstreams_spelling_and_nested_models():
     ev = (b'data: {"id": "x", "model" :\t"llama3", "choices": [{"index": 0, "delta": '
           b'{"content": "say \\"model\\": \\"llama3\\""}, "tool": {"model": "llama3"}}]}\n\n')
