@@ -353,7 +353,7 @@ class SSEStreamRewriter:
             if data == b"data: [DONE]\n\n":
                 # The usual last piece: end the transforms before it (as _feed_events would).
                 self._first_line, self._plan = False, None
-                return (b"" if self._ended else self._end()) + data
+                return self._done()
             if whole == 1 or (data.endswith(b"}\n\n") and data.startswith(b"data: {")
                               and data.find(b"\n") == len(data) - 2 and data.find(b"\r") < 0):
                 # One event (as _feed_events takes it, without its framing of several).
@@ -454,7 +454,7 @@ class SSEStreamRewriter:
                     # The usual case, one one-line data event: as _feed_events takes one
                     # (framing it line by line costs ten times as much).
                     if first == b"data: [DONE]\n\n":
-                        out = (b"" if self._ended else self._end()) + first
+                        out = self._done()
                     else:
                         # Under the fused rule in C when it takes the event (no state
                         # changes: the rule holds for the events after it too).
@@ -513,14 +513,13 @@ class SSEStreamRewriter:
                 if new is None:
                     break
             else:
-                return new + (b"" if self._ended or not done else self._end()) + (
-                    b"data: [DONE]\n\n" if done else b"")
+                return new + self._done() if done else new
         out = []
         values = head[6:-2].split(b"\n\ndata: ")
         pos, tries = 0, 2  # pos: where the next event starts in head
         for i, value in enumerate(values):
             if value == b"[DONE]":
-                out.append((b"" if self._ended else self._end()) + b"data: [DONE]\n\n")
+                out.append(self._done())
             else:
                 out.append(self._event(value))
             pos += len(value) + 8
@@ -600,7 +599,7 @@ class SSEStreamRewriter:
                 # One scan (split, then join), where replace scans twice (it counts first).
                 events = fresh.join(events.split(old))
         if done:
-            events += (b"" if self._ended else self._end()) + b"data: [DONE]\n\n"
+            events += self._done()
             self._plan = None  # the transforms ended: feed() works out the next plan
         return events
 
@@ -697,6 +696,11 @@ class SSEStreamRewriter:
             elif j == first_data:
                 out.append(prefix + b"data: " + payload + line[len(line.rstrip(b"\r\n")):])
         return b"".join(out)
+
+    def _done(self) -> bytes:
+        """The bytes for a ``data: [DONE]`` event: the transforms' `end()` objects first,
+        unless they have been given already."""
+        return (b"" if self._ended else self._end()) + b"data: [DONE]\n\n"
 
     def _end(self) -> bytes:
         self._ended = True
