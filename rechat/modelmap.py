@@ -224,10 +224,16 @@ def _locate(raw: bytes) -> tuple[int, int, int] | None:
     """`_model_span` and where the key starts: ``(start, end, key)``, `key` the index of the
     one ``"model"`` in `raw` when it holds that once, else -1; `_ABSENT` or None as there."""
     if _fused_locate is not None:
-        # The usual answer, in one C pass (rechat/_fused.c): the "not slash" case below.
+        # The usual answer, in one C pass (rechat/_fused.c): the "not slash" case of
+        # `_locate_in_python`.
         got = _fused_locate(raw)
         if got is not None:
             return got
+    return _locate_in_python(raw)
+
+
+def _locate_in_python(raw: bytes) -> tuple[int, int, int] | None:
+    """`_locate` without the C pass (for callers that have just made it)."""
     slash = raw.find(b"\\") >= 0
     if slash and raw.find(b"\\u") >= 0 and _ESCAPED_KEY_CHAR.search(raw):
         return None
@@ -424,10 +430,10 @@ class ModelRestore:
             if (raw.find(_KEY, n) < 0 and (raw.find(b"\\", n) < 0 or raw.find(b"\\u", n) < 0)
                     and raw.rstrip(_WS)[-1:] == b"}"):
                 return raw if memo[1] is memo[0] else memo[1] + raw[n:]
-        # (The C pass called here, not through _locate: a Python call less on every answer.)
+        # (`_locate`'s two steps here: a Python call less on every answer.)
         got = _fused_locate(raw) if _fused_locate is not None else None
         if got is None:
-            got = _locate(raw)
+            got = _locate_in_python(raw)
             if got is None:
                 return None
         if got is _ABSENT:
