@@ -139,18 +139,25 @@ holds_any(const char *s, Py_ssize_t n, PyObject *stops, int slash)
     return 0;
 }
 
-/* Whether the n bytes at s are one event the plan takes: ``data: {...}\n\n`` starting with
-   its head, no other LF, none of its stops, no tail stop after the head. */
+/* Whether the n bytes at s are one event the plan takes, its stops aside: ``data:
+   {...}\n\n`` starting with its head, no other LF, no tail stop after the head (those that
+   start with a backslash only when `slash`). */
+static int
+takes_one(const char *s, Py_ssize_t n, const Plan *pl, int slash)
+{
+    return n >= pl->h + 3 && memcmp(s, pl->head, (size_t)pl->h) == 0
+        && s[n - 3] == '}' && s[n - 2] == '\n' && s[n - 1] == '\n'
+        && memchr(s, '\n', (size_t)(n - 2)) == NULL
+        && !holds_any(s + pl->h, n - pl->h, pl->tail, slash);
+}
+
+/* Whether the n bytes at s are one event the plan takes: as `takes_one`, and none of its
+   stops anywhere. */
 static int
 takes(const char *s, Py_ssize_t n, const Plan *pl)
 {
-    if (n < pl->h + 3 || memcmp(s, pl->head, (size_t)pl->h) != 0
-            || s[n - 3] != '}' || s[n - 2] != '\n' || s[n - 1] != '\n'
-            || memchr(s, '\n', (size_t)(n - 2)) != NULL)
-        return 0;
     int slash = memchr(s, '\\', (size_t)n) != NULL;
-    return !holds_any(s, n, pl->stops, slash)
-        && !holds_any(s + pl->h, n - pl->h, pl->tail, slash);
+    return !holds_any(s, n, pl->stops, slash) && takes_one(s, n, pl, slash);
 }
 
 PyDoc_STRVAR(event_doc,
@@ -204,7 +211,8 @@ PyDoc_STRVAR(events_doc,
 "`event` over `count` events side by side (rechat.rewrite.SSEStreamRewriter._bulk): when\n"
 "`data` (bytes) is exactly `count` events that `event` would each take, return `data`\n"
 "(`new` None) or the events with each head swapped for `new`; otherwise None (the caller\n"
-"takes them one by one). One pass per event, as `event` makes, whatever `count`. Raises\n"
+"takes them one by one). The stops are looked for once over `data`, the rest event by\n"
+"event. Raises\n"
 "TypeError only for wrong arguments, MemoryError when out of memory.");
 
 static PyObject *
@@ -224,14 +232,24 @@ events(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     const char *s = PyBytes_AS_STRING(data);
     Py_ssize_t n = PyBytes_GET_SIZE(data), pos = 0;
-    /* Each event ends at its first LF, which must be the first of its blank line. */
+    /* The stops hold for the piece as for each event in it (the events are the whole piece),
+       so they are looked for once over it; a stop that starts with a backslash only when
+       the piece has one (an event without any cannot hold it). */
+    int slash = memchr(s, '\\', (size_t)n) != NULL;
+    if (holds_any(s, n, pl.stops, slash))
+        Py_RETURN_NONE;
+    /* Each event ends at its first LF, which must be the first of its blank line. The ends
+       of the first events are kept for the copy below. */
+    Py_ssize_t ends[64];
     for (Py_ssize_t c = 0; c < count; c++) {
         const char *lf = memchr(s + pos, '\n', (size_t)(n - pos));
         if (lf == NULL || lf + 1 >= s + n)
             Py_RETURN_NONE;
         Py_ssize_t end = lf - s + 2;
-        if (!takes(s + pos, end - pos, &pl))
+        if (!takes_one(s + pos, end - pos, &pl, slash))
             Py_RETURN_NONE;
+        if (c < 64)
+            ends[c] = end;
         pos = end;
     }
     if (pos != n)
@@ -244,8 +262,8 @@ events(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     char *o = PyBytes_AS_STRING(out);
     pos = 0;
     for (Py_ssize_t c = 0; c < count; c++) {
-        const char *lf = memchr(s + pos, '\n', (size_t)(n - pos));
-        Py_ssize_t end = lf - s + 2;
+        Py_ssize_t end = c < 64 ? ends[c]
+            : (const char *)memchr(s + pos, '\n', (size_t)(n - pos)) - s + 2;
         memcpy(o, pl.new, (size_t)pl.k);
         memcpy(o + pl.k, s + pos + pl.h, (size_t)(end - pos - pl.h));
         o += pl.k + end - pos - pl.h;

@@ -399,7 +399,7 @@ class ModelRestore:
     own name (e.g. a dated OpenAI snapshot) reaches the client untouched.
     """
 
-    __slots__ = ("asked", "_asked_raw", "_memo")  # one is made per answer
+    __slots__ = ("asked", "_asked_raw", "_memo", "_events_plan")  # one is made per answer
 
     def __init__(self, asked: str) -> None:
         self.asked = asked
@@ -409,6 +409,7 @@ class ModelRestore:
         # chunks of one stream start alike, so the next one starting with the same bytes has
         # its model at the same place.
         self._memo: tuple[bytes, bytes, int] | None = None
+        self._events_plan: tuple | None = None  # feed_raw_events' plan for the C pass, per memo
 
     def feed(self, obj: dict) -> list[dict]:
         """Return ``[obj with model = asked]``."""
@@ -430,29 +431,42 @@ class ModelRestore:
             if (raw.find(_KEY, n) < 0 and (raw.find(b"\\", n) < 0 or raw.find(b"\\u", n) < 0)
                     and raw.rstrip(_WS)[-1:] == b"}"):
                 return raw if memo[1] is memo[0] else memo[1] + raw[n:]
-        # (`_locate`'s two steps here: a Python call less on every answer.)
-        got = _fused_locate(raw) if _fused_locate is not None else None
-        if got is None:
-            got = _locate_in_python(raw)
-            if got is None:
-                return None
-        if got is _ABSENT:
-            return raw
-        start, end, cut = got
         if whole:  # a whole answer: no chunk follows for the memo to serve
+            # (`_locate`'s two steps here: a Python call less on every answer.)
+            got = _fused_locate(raw) if _fused_locate is not None else None
+            if got is None:
+                got = _locate_in_python(raw)
+                if got is None or got is _ABSENT:
+                    return None if got is None else raw
+            start, end = got[0], got[1]
             if raw[start:end + 1] == self._asked_raw:
                 return raw
             return raw[:start] + self._asked_raw + raw[end + 1:]
+        memo = self._learn(raw)
+        if memo is None or memo is _ABSENT:
+            return None if memo is None else raw
+        return raw if memo[1] is memo[0] else memo[1] + raw[len(memo[0]):]
+
+    def _learn(self, raw: bytes) -> tuple[bytes, bytes, int] | tuple[int, int] | None:
+        """Locate the model in the streamed chunk `raw` and remember where (`_memo`); return
+        the memo, `_ABSENT` when `raw` names no model (nothing is remembered), or None when
+        the bytes do not say (see `_locate`)."""
+        # (`_locate`'s two steps here: a Python call less on every stream.)
+        got = _fused_locate(raw) if _fused_locate is not None else None
+        if got is None:
+            got = _locate_in_python(raw)
+            if got is None or got is _ABSENT:
+                return got
+        start, end, cut = got
         head = raw[:end + 1]
         if cut < 0:  # (else `raw`, and so `head`, holds the key once, there)
             cut = head.rfind(_KEY, 0, start)
             if cut < 0 or head.count(_KEY) != 1:
                 cut = 0
-        if raw[start:end + 1] == self._asked_raw:
-            self._memo = (head, head, cut)
-            return raw
-        self._memo = (head, raw[:start] + self._asked_raw, cut)
-        return self._memo[1] + raw[end + 1:]
+        self._events_plan = None
+        memo = self._memo = (head, head if raw[start:end + 1] == self._asked_raw
+                             else raw[:start] + self._asked_raw, cut)
+        return memo
 
     def feed_raw_events(self, events: bytes, count: int) -> bytes | None:
         """`feed_raw` over `count` whole SSE events ``data: X\\n\\n`` side by side, in one go:
@@ -461,17 +475,23 @@ class ModelRestore:
         (take them one by one). Every event is then an object: never ``[DONE]``."""
         memo = self._memo
         if memo is None:
-            # Locate the model in the first event (feed_raw keeps where it is for the rest).
+            # Locate the model in the first event (kept for the rest, and the next pieces).
             end = events.find(b"\n\n")
-            if end < 6 or self.feed_raw(events[6:end]) is None or self._memo is None:
+            if end < 6:
                 return None
-            memo = self._memo
+            memo = self._learn(events[6:end])
+            if memo is None or memo is _ABSENT:
+                return None
         head, new, cut = memo
-        old = b"data: " + head
         if _fused_events is not None:
-            # Event by event in C (rechat/_fused.c), under the rule `raw_rule` states.
-            return _fused_events(events, count, ((), old, None if new is head
-                                                 else b"data: " + new, _RULE_TAIL))
+            # Event by event in C (rechat/_fused.c), under the rule `raw_rule` states; its
+            # plan is made once per memo.
+            plan = self._events_plan
+            if plan is None:
+                plan = self._events_plan = ((), b"data: " + head,
+                                            None if new is head else b"data: " + new, _RULE_TAIL)
+            return _fused_events(events, count, plan)
+        old = b"data: " + head
         # Each blank line but the last is "}\n\n" + `old` and the first event starts with it:
         # every event does, and ends its object (`old` has unescaped quotes: it occurs only
         # where an event starts). One key per event: the one in `old`.

@@ -353,10 +353,12 @@ class Proxy:
                         except ConnectionError:
                             client_gone = True
                 if rewriter is not None and not client_gone:
-                    try:
-                        await resp.write(rewriter.close())
-                    except ConnectionError:
-                        client_gone = True
+                    tail = rewriter.close()  # mostly empty: aiohttp's write() of b"" sends nothing
+                    if tail:
+                        try:
+                            await resp.write(tail)
+                        except ConnectionError:
+                            client_gone = True
                 if parser is not None:
                     for ev in parser.close():
                         events.append(ev.data)

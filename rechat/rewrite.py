@@ -248,6 +248,11 @@ class SSEStreamRewriter:
     in the chain from the start (the reference the tests compare against).
     """
 
+    # One is made per streamed answer: slots make making one, and reading its state, cheaper.
+    __slots__ = ("transforms", "_aside", "_aside_stops", "_aside_escape", "_history", "_many",
+                 "_block", "_partial", "_first_line", "_bom", "_ended", "_closed", "_plan",
+                 "_variants", "_bulk_rule")
+
     def __init__(self, transforms: Sequence[ObjectTransform], defer: bool = True) -> None:
         self.transforms = list(transforms)
         # The first transform, set aside while no piece concerns it (see `_settle`), with its

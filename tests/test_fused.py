@@ -92,6 +92,18 @@ def test_events_is_event_over_each(evs, new, tail, extra, off):
         assert got is data
 
 
+@pytest.mark.parametrize("count", [63, 64, 65, 200])
+def test_events_renames_a_piece_of_more_events_than_it_keeps_the_ends_of(count):
+    # `events` keeps the ends of the first 64 events for its copy and finds the rest again.
+    evs = [HEAD + b',"choices":[{"delta":{"content":"' + b"x" * (i % 7) + b'"}}]}\n\n'
+           for i in range(count)]
+    got = _fused.events(b"".join(evs), count, (STOPS, HEAD, NEW, TAIL, 0))
+    assert got == b"".join(NEW + e[len(HEAD):] for e in evs)
+    # The last event holds a stop: the whole piece is declined.
+    evs[-1] = evs[-1].replace(b'"content":"', b'"content":"<')
+    assert _fused.events(b"".join(evs), count, (STOPS, HEAD, NEW, TAIL, 0)) is None
+
+
 def test_event_shares_an_unchanged_piece_and_renames_the_head():
     data = HEAD + b',"choices":[{"delta":{"content":"hi"}}]}\n\n'
     assert _fused.event(data, (STOPS, HEAD, None, TAIL, 0), None) is data
