@@ -1,10 +1,11 @@
 /* rechat._fused: the gateway's hot byte tests in C, imported through rechat/speedups.py.
 
-Owns three byte tests, each the C form of Python that stays beside its caller and gives the
+Owns four byte tests, each the C form of Python that stays beside its caller and gives the
 same answer: `event` and `events`, the SSE stream rewriter's fused path for a piece of one
 event or of several (`rechat.rewrite.SSEStreamRewriter.feed` and `_bulk`, the rule in its
-class docstring and `_make_plan`; `rechat.modelmap.ModelRestore.feed_raw_events`), and
-`locate`, the model's place in an answer of the usual shape (`rechat.modelmap._locate`).
+class docstring and `_make_plan`; `rechat.modelmap.ModelRestore.feed_raw_events`),
+`locate`, the model's place in an answer of the usual shape (`rechat.modelmap._locate`), and
+`swap`, a request's model renamed in its bytes (`rechat.modelmap.rewrite_request_bytes`).
 In Python each is a dozen bytes-method calls or scans, each a few hundred instructions of
 CPython's call machinery around a memchr; here it is the memchrs. Optional: setup.py marks
 the extension optional and the callers fall back to their Python when it is not built or
@@ -333,10 +334,58 @@ locate(PyObject *module, PyObject *raw)
     return out;
 }
 
+PyDoc_STRVAR(swap_doc,
+"swap(raw, renaming) -> bytes | None\n\n"
+"The usual case of rechat.modelmap.rewrite_request_bytes for a decoded request, in one\n"
+"pass: `raw` (bytes) holds ``\"model\"`` once and no backslash, and the bytes after that key\n"
+"start with `old` or `old2`, where `renaming` is modelmap._RENAMES' entry\n"
+"(served, old, new, old2, new2): return `raw` up to the key, then `new` (the key and the\n"
+"served name), then the rest after `old` (or `old2`, with `new2`). None when any of that\n"
+"does not hold (the caller then takes its Python path).");
+
+static PyObject *
+swap(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyTuple_CheckExact(args[1]) || PyTuple_GET_SIZE(args[1]) != 5) {
+        PyErr_SetString(PyExc_TypeError, "swap() takes 2 arguments (raw, renaming: a 5-tuple)");
+        return NULL;
+    }
+    PyObject *raw = args[0], *renaming = args[1];
+    if (!PyBytes_CheckExact(raw))
+        Py_RETURN_NONE;
+    for (int j = 1; j < 5; j++)
+        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(renaming, j)))
+            Py_RETURN_NONE;
+    const char *s = PyBytes_AS_STRING(raw);
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    if (memchr(s, '\\', (size_t)n) != NULL)
+        Py_RETURN_NONE;
+    Py_ssize_t i = find_key(s, n);
+    if (i < 0 || find_key(s + i + KEY_LEN, n - i - KEY_LEN) >= 0)
+        Py_RETURN_NONE;
+    Py_ssize_t after = i + KEY_LEN;
+    for (int j = 1; j < 5; j += 2) {
+        PyObject *old = PyTuple_GET_ITEM(renaming, j), *new = PyTuple_GET_ITEM(renaming, j + 1);
+        Py_ssize_t m = PyBytes_GET_SIZE(old), k = PyBytes_GET_SIZE(new);
+        if (n - after < m || memcmp(s + after, PyBytes_AS_STRING(old), (size_t)m) != 0)
+            continue;
+        PyObject *out = PyBytes_FromStringAndSize(NULL, i + k + n - after - m);
+        if (out == NULL)
+            return NULL;
+        char *o = PyBytes_AS_STRING(out);
+        memcpy(o, s, (size_t)i);
+        memcpy(o + i, PyBytes_AS_STRING(new), (size_t)k);
+        memcpy(o + i + k, s + after + m, (size_t)(n - after - m));
+        return out;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"event", (PyCFunction)(void (*)(void))event, METH_FASTCALL, event_doc},
     {"events", (PyCFunction)(void (*)(void))events, METH_FASTCALL, events_doc},
     {"locate", locate, METH_O, locate_doc},
+    {"swap", (PyCFunction)(void (*)(void))swap, METH_FASTCALL, swap_doc},
     {NULL, NULL, 0, NULL},
 };
 

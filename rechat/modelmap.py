@@ -39,7 +39,7 @@ from typing import Any, Mapping
 
 from rechat.errors import ConfigError
 # None: the Python beside each caller (the same answers)
-from rechat.speedups import events as _fused_events, locate as _fused_locate
+from rechat.speedups import events as _fused_events, locate as _fused_locate, swap as _fused_swap  # noqa: E501
 
 __all__ = ["ModelMap", "restore_response_model", "ModelRestore", "rewrite_request_bytes"]
 
@@ -350,6 +350,15 @@ def rewrite_request_bytes(raw: bytes, asked: str, served: str,
     """
     span = None
     if decoded:
+        got = _RENAMES.get(asked)
+        if got is None or got[0] != served:
+            got = _remember_renaming(asked, served)
+        if _fused_swap is not None:
+            # The usual body in one C pass (rechat/_fused.c): the case below without a
+            # backslash.
+            new = _fused_swap(raw, got)
+            if new is not None:
+                return new
         # One split tells whether the key occurs once and where: fewer calls than a find and
         # a second search (a bytes method call costs about 1,000 instructions).
         parts = raw.split(_KEY)
@@ -359,9 +368,6 @@ def rewrite_request_bytes(raw: bytes, asked: str, served: str,
             # its bytes are the one ``"model"`` there is. The two usual spellings,
             # ``"model": "x"`` and ``"model":"x"``, by comparing slices (a string token ends
             # where its encoding does): 3,500 instructions under the regex.
-            got = _RENAMES.get(asked)
-            if got is None or got[0] != served:
-                got = _remember_renaming(asked, served)
             before, after = parts
             if after[:len(got[1])] == got[1]:
                 return before + got[2] + after[len(got[1]):]

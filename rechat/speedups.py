@@ -2,8 +2,9 @@
 
 Hot-path byte tests of the gateway's answer rewrite are in C: `event`, the SSE stream
 rewriter's fused path for one event (`rechat.rewrite.SSEStreamRewriter.feed`), `events`,
-the same over several events in one piece (`SSEStreamRewriter._bulk`), and `locate`, the
-model's place in an answer of the usual shape (`rechat.modelmap._locate`).
+the same over several events in one piece (`SSEStreamRewriter._bulk`), `locate`, the
+model's place in an answer of the usual shape (`rechat.modelmap._locate`), and `swap`, a
+request's model renamed in its bytes (`rechat.modelmap.rewrite_request_bytes`).
 Each gives what the Python next to its caller gives (where one of them declines a corner
 case the other takes, the caller's slower path gives the same bytes), and the callers fall
 back to that Python when the name here is None: the extension was not built (setup.py marks it
@@ -17,11 +18,12 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-__all__ = ["BUILT", "event", "events", "locate"]
+__all__ = ["BUILT", "event", "events", "locate", "swap"]
 
 event: Callable[..., Any] | None = None
 events: Callable[..., Any] | None = None
 locate: Callable[[bytes], Any] | None = None
+swap: Callable[..., Any] | None = None
 try:
     from rechat import _fused
 except ImportError:  # pragma: no cover - no C compiler where rechat was installed
@@ -29,4 +31,4 @@ except ImportError:  # pragma: no cover - no C compiler where rechat was install
 else:
     BUILT = True
     if not os.environ.get("RECHAT_NO_EXTENSIONS"):
-        event, events, locate = _fused.event, _fused.events, _fused.locate
+        event, events, locate, swap = _fused.event, _fused.events, _fused.locate, _fused.swap

@@ -183,6 +183,48 @@ def test_locate_leaves_unusual_bodies_to_python():
     assert _fused.locate(b'{"model":"m","choices":[]}') == (9, 11, 1)
 
 
+# -- swap ----------------------------------------------------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(before=st.dictionaries(st.sampled_from(["messages", "x", "stream"]), _VALUES, max_size=3),
+       after=st.dictionaries(st.sampled_from(["temperature", "y"]), _VALUES, max_size=3),
+       asked=st.text(alphabet='gpt-4o"\\é<', min_size=1, max_size=8),
+       served=st.text(alphabet='lama3"\\é', max_size=6),
+       separators=st.sampled_from([(", ", ": "), (",", ":"), (",", " : ")]),
+       ascii_only=st.booleans())
+def test_swap_agrees_with_the_python_it_stands_for(before, after, asked, served, separators,
+                                                   ascii_only):
+    raw = json.dumps({**before, "model": asked, **after}, separators=separators,
+                     ensure_ascii=ascii_only).encode()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(modelmap, "_fused_swap", None)
+        want = modelmap.rewrite_request_bytes(raw, asked, served, decoded=True)
+    renaming = modelmap._remember_renaming(asked, served)
+    got = _fused.swap(raw, renaming)
+    assert got is None or got == want
+    if want is not None:
+        assert json.loads(want) == {**before, "model": served, **after}
+    # The usual body is the C pass's to rename: no backslash, the key once, a usual spelling.
+    if b"\\" not in raw and raw.count(b'"model"') == 1 and separators[1] in (": ", ":"):
+        assert got == want and got is not None
+
+
+def test_swap_leaves_unusual_bodies_to_python_and_checks_its_arguments():
+    renaming = modelmap._remember_renaming("gpt-4o", "llama3")
+    assert _fused.swap(b'{"model": "gpt-4o", "n": 1}', renaming) == b'{"model": "llama3", "n": 1}'
+    assert _fused.swap(b'{"n":1,"model":"gpt-4o"}', renaming) == b'{"n":1,"model":"llama3"}'
+    for raw in (b'{"model" : "gpt-4o"}', b'{"model": "gpt"}',
+                b'{"model": "gpt-4o", "a": {"model": "x"}}', b'{"a": "\\n", "model": "gpt-4o"}',
+                b'{"mod\\u0065l": "gpt-4o"}', b"", bytearray(b'{"model": "gpt-4o"}')):
+        assert _fused.swap(raw, renaming) is None, raw
+    with pytest.raises(TypeError):
+        _fused.swap(b"{}", renaming[:4])
+    with pytest.raises(TypeError):
+        _fused.swap(b"{}")
+    assert _fused.swap(b'{"model": "gpt-4o"}', ("x", 1, 2, 3, 4)) is None
+
+
 def test_no_extensions_turns_the_c_helpers_off():
     code = "from rechat import speedups; print(speedups.BUILT, speedups.event, speedups.locate)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
