@@ -709,7 +709,10 @@ class SSEStreamRewriter:
 
     def _end(self) -> bytes:
         self._ended = True
-        objs = _chain_end(self.transforms)  # mostly none: every stream ends here
+        if len(self.transforms) == 1:  # (one call less than through _chain_end)
+            objs = self.transforms[0].end()
+        else:
+            objs = _chain_end(self.transforms)  # mostly none: every stream ends here
         return b"".join([b"data: " + _dumps(o) + b"\n\n" for o in objs]) if objs else b""
 
 
