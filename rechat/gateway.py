@@ -12,6 +12,7 @@ re-recording (issue 5). Must not import the proxy, the store or the web layer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import aiohttp
 from rechat import http1
 from rechat.exchange import Request
 from rechat.modelmap import ModelMap, ModelRestore, rewrite_request_bytes
+from rechat.rewrite import Aside, NDJSONStreamRewriter, SSEStreamRewriter, stream_rewriter
 from rechat.routes import Balancer, Route, auth_headers, check_keys, merge_models
 from rechat.think import ThinkMode, ThinkPatterns, ThinkTransform, no_think
 from rechat.upstream import Upstream
@@ -79,6 +81,8 @@ class Gateway:
             s.model_map.exact or s.model_map.patterns or s.model_map.override)
         self._rewrites = bool(s.think is not ThinkMode.KEEP or s.no_think or s.model_map.exact
                               or s.model_map.patterns or s.model_map.override)
+        # choices -> the think rewrite as a stream rewriter's `aside` (see stream_rewriter)
+        self._asides: dict[int, Aside] = {}
 
     @property
     def routes(self) -> tuple[Route, ...]:
@@ -185,6 +189,31 @@ class Gateway:
         if s.restore_model and asked and served and asked != served:
             out.append(ModelRestore(asked))
         return out
+
+    def stream_rewriter(self, content_type: str, asked: str | None, served: str | None,
+                        choices: int = 1) -> SSEStreamRewriter | NDJSONStreamRewriter | None:
+        """Return the rewriter for a streamed answer of `content_type` (`transforms`' chain), or
+        None when the answer is not a stream (`rechat.rewrite.stream_rewriter`) or nothing
+        would change it.
+
+        The think rewrite goes in as the rewriter's `aside`, made only when a piece of the
+        stream holds one of its markers' first bytes: most streams never make one (a
+        `ThinkTransform` made and set aside per stream cost about 6,000 instructions).
+        """
+        s = self.settings
+        rest = ([ModelRestore(asked)] if s.restore_model and asked and served and asked != served
+                else [])
+        if s.think is ThinkMode.KEEP:
+            return stream_rewriter(content_type, rest) if rest else None
+        aside = self._asides.get(choices)
+        if aside is None:
+            if len(self._asides) >= 16:  # (`n` is the client's: bounded)
+                self._asides.clear()
+            make = functools.partial(ThinkTransform, s.think, s.think_patterns, choices)
+            # A fresh transform's stops (deferral_stops() is not None: the mode is not keep).
+            stops, escape = make().deferral_stops()
+            aside = self._asides[choices] = (make, stops, escape)
+        return stream_rewriter(content_type, rest, aside)
 
     async def models(self, headers: list[tuple[str, str]], path: str) -> dict[str, Any]:
         """Return the union of every upstream's model list plus configured names and aliases.

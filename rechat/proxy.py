@@ -280,9 +280,7 @@ class Proxy:
             outcome: dict = {}
             try:
                 return await self._relay(wreq, req, uresp, record, ctx, t_send, miss or {},
-                                         up.base,
-                                         gw.transforms(out.asked, out.served, req.shape.choices),
-                                         out, outcome)
+                                         up.base, out, outcome)
             finally:
                 gw.balancer.finished(route, uresp.status, failed=not outcome.get("complete", False)
                                      or uresp.status >= 500)
@@ -307,12 +305,12 @@ class Proxy:
 
     async def _relay(self, wreq: web.Request, req: Request, uresp: aiohttp.ClientResponse,
                      record: bool, ctx: "_Ctx", t_send: float, miss: dict, upstream: str,
-                     transforms: list, out: Outbound, outcome: dict) -> web.StreamResponse:
+                     out: Outbound, outcome: dict) -> web.StreamResponse:
         ttfb = (time.perf_counter() - t_send) * 1000
         headers, ctype, to_client = _upstream_headers(uresp.raw_headers)
         headers = list(headers)
         is_sse = ctype.startswith("text/event-stream")
-        rewriter = stream_rewriter(ctype, transforms) if transforms else None
+        gw = self.config.gateway
         complete = True
         client_gone = False
         if not is_sse and uresp.content_length is not None and uresp.content_length < 1 << 20:
@@ -321,11 +319,14 @@ class Proxy:
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 return self._error(req, ctx, 502, f"The upstream's response broke off: {e}",
                                    UpstreamError.code, "server_error")
+            transforms = gw.transforms(out.asked, out.served, req.shape.choices)
             resp = web.Response(status=uresp.status, reason=uresp.reason,
                                 body=rewrite_json(body, transforms) if transforms else body)
             _set_headers(resp, to_client)
             events = event_ms = None
         else:
+            # (the think rewrite, when on, is made only if the stream needs it)
+            rewriter = gw.stream_rewriter(ctype, out.asked, out.served, req.shape.choices)
             resp = web.StreamResponse(status=uresp.status, reason=uresp.reason)
             _set_headers(resp, to_client)
             if ("Content-Encoding" not in uresp.headers and uresp.content_length is not None

@@ -43,7 +43,7 @@ a slice (``data[:len(head)] == head``): about 200 instructions.
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from rechat.sse import whole_data_lines
 # None: the Python fused paths (the same bytes)
@@ -181,6 +181,20 @@ def rewrite_json(body: bytes, transforms: Sequence[ObjectTransform]) -> bytes:
 
 _BOM = b"\xef\xbb\xbf"
 
+# A first transform an SSE rewriter is to set aside, not made yet (`SSEStreamRewriter`'s
+# `aside`): (what makes it fresh, the stops its fresh `deferral_stops()` gives, and whether
+# ``\\u`` is one).
+Aside = tuple[Callable[[], ObjectTransform], tuple[bytes, ...], bool]
+
+
+def _one_byte(stops: tuple[bytes, ...]) -> bool:
+    # A stop split between pieces would show in neither: a transform is set aside only when
+    # its stops are one byte each.
+    for x in stops:
+        if len(x) != 1:
+            return False
+    return True
+
 # SSEStreamRewriter._make_plan's fused rule: (stops, head, new head or None, tail stops, cut).
 _Plan = tuple[tuple[bytes, ...], bytes, "bytes | None", tuple[bytes, ...], int]
 # A plan's stops and tail stops as the Python fused path looks for them (`_stop_sets`).
@@ -245,34 +259,44 @@ class SSEStreamRewriter:
     of the chain while no piece holds one of its stops, so that the stream's first chunks are
     not decoded to learn where the text starts; the first piece that holds one gets it fed
     the stream so far (`_settle`) and back in the chain. `defer=False` keeps every transform
-    in the chain from the start (the reference the tests compare against).
+    in the chain from the start (the reference the tests compare against). `aside` gives that
+    first transform not made yet (`Aside`): it is made when a piece first holds one of its
+    stops, so that a stream which never concerns it never makes it (the gateway's think
+    rewrite, most streams: `rechat.gateway.Gateway.stream_rewriter`).
     """
 
     # One is made per streamed answer: slots make making one, and reading its state, cheaper.
-    __slots__ = ("transforms", "_aside", "_aside_stops", "_aside_escape", "_history", "_many",
+    __slots__ = ("transforms", "_aside", "_aside_make", "_aside_stops", "_aside_escape",
+                 "_history", "_many",
                  "_block", "_partial", "_first_line", "_bom", "_ended", "_closed", "_plan",
                  "_variants", "_bulk_rule")
 
-    def __init__(self, transforms: Sequence[ObjectTransform], defer: bool = True) -> None:
+    def __init__(self, transforms: Sequence[ObjectTransform], defer: bool = True,
+                 aside: "Aside | None" = None) -> None:
         self.transforms = list(transforms)
-        # The first transform, set aside while no piece concerns it (see `_settle`), with its
-        # one-byte stops and whether ``\\u`` is one; the pieces it has not seen (a list while
-        # it is set aside, else None).
+        # The first transform, set aside while no piece concerns it (see `_settle`), or what
+        # makes it (`aside`, not made yet), with its one-byte stops and whether ``\\u`` is one;
+        # the pieces it has not seen (a list exactly while one is set aside, else None).
         self._aside: ObjectTransform | None = None
+        self._aside_make: Callable[[], ObjectTransform] | None = None
         self._aside_stops: tuple[bytes, ...] = ()
         self._aside_escape = False
         self._history: list[bytes] | None = None
-        stops_of = (getattr(self.transforms[0], "deferral_stops", None)
-                    if defer and self.transforms else None)
-        got = stops_of() if stops_of is not None else None
-        if got is not None:
-            stops, escape = got
-            for x in stops:
-                if len(x) != 1:
-                    break  # a stop split between pieces would show in neither: one byte only
-            else:
-                self._aside = self.transforms.pop(0)
+        if aside is not None:
+            make, stops, escape = aside
+            if defer and _one_byte(stops):
+                self._aside_make = make
                 self._aside_stops, self._aside_escape = stops, escape
+                self._history = []
+            else:
+                self.transforms.insert(0, make())
+        else:
+            stops_of = (getattr(self.transforms[0], "deferral_stops", None)
+                        if defer and self.transforms else None)
+            got = stops_of() if stops_of is not None else None
+            if got is not None and _one_byte(got[0]):
+                self._aside = self.transforms.pop(0)
+                self._aside_stops, self._aside_escape = got
                 self._history = []
         # See _feed_events, which works them out on first use: a stream whose pieces are one
         # event each takes the fused path and never needs them.
@@ -338,7 +362,7 @@ class SSEStreamRewriter:
                             if self._history is not None:
                                 self._history.append(data)
                             return data if plan[2] is None else plan[2] + rest
-        if self._aside is not None:
+        if self._history is not None:  # a transform is set aside
             # (partition: no arguments parsed, as find does, on every piece of a stream)
             for stop in self._aside_stops:
                 if data.partition(stop)[1]:
@@ -380,6 +404,8 @@ class SSEStreamRewriter:
         (its output is theirs, unchanged: they hold none of its stops), which leaves it as the
         general path would have, at the same event boundary (both frame alike)."""
         aside, self._aside = self._aside, None
+        if aside is None:  # not made yet: made now, fresh
+            aside, self._aside_make = self._aside_make(), None
         self._aside_stops, self._aside_escape = (), False  # its own rule has them now
         if self._history:
             SSEStreamRewriter([aside], defer=False).feed(b"".join(self._history))
@@ -772,12 +798,15 @@ class NDJSONStreamRewriter:
         return b"".join(out)
 
 
-def stream_rewriter(content_type: str, transforms: Sequence[ObjectTransform]
+def stream_rewriter(content_type: str, transforms: Sequence[ObjectTransform],
+                    aside: Aside | None = None
                     ) -> SSEStreamRewriter | NDJSONStreamRewriter | None:
     """Return the stream rewriter for a response's Content-Type, or None if it is not a stream.
 
     ``text/event-stream`` -> SSE; ``application/x-ndjson`` (Ollama), ``application/ndjson``,
     ``application/jsonl`` -> NDJSON. For ``application/json`` use `rewrite_json` on the body.
+    `aside`: a first transform, before `transforms`, that is made only when the stream needs
+    it (SSE; `SSEStreamRewriter`), or at once (NDJSON).
     """
     kind = _STREAM_KINDS.get(content_type, _UNSEEN)
     if kind is _UNSEEN:
@@ -788,7 +817,13 @@ def stream_rewriter(content_type: str, transforms: Sequence[ObjectTransform]
         if len(_STREAM_KINDS) >= 64:
             _STREAM_KINDS.clear()
         _STREAM_KINDS[content_type] = kind
-    return None if kind is None else kind(transforms)
+    if kind is None:
+        return None
+    if aside is None:
+        return kind(transforms)
+    if kind is SSEStreamRewriter:
+        return SSEStreamRewriter(transforms, aside=aside)
+    return kind([aside[0](), *transforms])
 
 
 # Content-Type header value -> its rewriter's class (None: not a stream). Upstreams send a

@@ -257,3 +257,33 @@ def test_the_config_file_example_in_the_docs_loads(tmp_path):
     assert [r.models for r in g.routes] == [("gpt-5", "gpt-5-mini"), ("gpt-5",), ("llama3",)]
     assert g.routes[2].local_port == 8911 and g.balance == "least-busy"
     assert g.model_map.resolve("gpt-4-turbo") == "llama3-70b-turbo"
+
+
+def test_stream_rewriter_by_content_type_and_options():
+    from answer_streams import chat_stream, content_of, ollama_chat
+    from rechat.gateway import Gateway, GatewaySettings
+    from rechat.modelmap import ModelMap
+    from rechat.rewrite import NDJSONStreamRewriter, SSEStreamRewriter
+    from rechat.routes import parse_routes
+    from rechat.think import ThinkMode
+
+    routes = parse_routes(["http://127.0.0.1:1/v1::m"])
+    plain = Gateway(GatewaySettings(routes=routes))
+    assert plain.stream_rewriter("text/event-stream", "m", "m") is None  # nothing would change
+    restore = Gateway(GatewaySettings(routes=routes, model_map=ModelMap.from_json('{"a": "m"}')))
+    assert restore.stream_rewriter("text/event-stream", "a", "a") is None
+    rw = restore.stream_rewriter("text/event-stream", "a", "m")
+    data = chat_stream(["Hi"]).replace(b'"model":"m"', b'"model":"m-2024"')
+    assert rw.feed(data) + rw.close() == data.replace(b'"model":"m-2024"', b'"model":"a"')
+    strip = Gateway(GatewaySettings(routes=routes, think=ThinkMode.STRIP))
+    assert strip.stream_rewriter("application/json", "m", "m") is None  # not a stream
+    for n in (1, 2, 1):
+        rw = strip.stream_rewriter("text/event-stream; charset=utf-8", "m", "m", n)
+        assert isinstance(rw, SSEStreamRewriter)
+        data = chat_stream(["<think>x</think>", "Hi", " there"])
+        assert content_of(rw.feed(data) + rw.close()) == "Hi there"
+    assert len(strip._asides) == 2  # one per choices count, made once
+    nd = strip.stream_rewriter("application/x-ndjson", "m", "m")
+    assert isinstance(nd, NDJSONStreamRewriter)
+    out = nd.feed(ollama_chat(["<think>x</think>", "Hi"])) + nd.close()
+    assert b"think" not in out and b"Hi" in out

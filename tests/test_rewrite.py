@@ -16,6 +16,7 @@ from answer_streams import (CLOSE, OPEN, SSE_CONTENTS, by_events, byte_by_byte, 
                             chunk, content_of, events, nd_content, ollama_chat, run_sse, sse)
 from rechat.modelmap import ModelRestore
 from rechat.rewrite import NDJSONStreamRewriter, SSEStreamRewriter, rewrite_json, stream_rewriter
+from rechat.sse import SSEParser
 from rechat.think import ThinkTransform
 
 # Every test runs with the C helpers and with the Python beside them (conftest.both_paths).
@@ -438,3 +439,61 @@ def test_a_done_between_events_of_one_piece_ends_the_transforms_there():
         rw = SSEStreamRewriter(make())
         assert rw.feed(first) + rw.feed(middle) + rw.feed(last) + rw.close() == slow
         assert relayed([first, middle, last], make()) == slow
+
+
+# -- a transform set aside that is not made yet (SSEStreamRewriter's `aside`) -----------------
+# The gateway hands the think rewrite over as what makes it, with a fresh one's stops: it is
+# made only when a piece holds one of them, and must then leave the stream as one made at once.
+
+def _aside(mode: str, made: list):
+    def make():
+        made.append(1)
+        return ThinkTransform(mode)
+    stops, escape = ThinkTransform(mode).deferral_stops()
+    return make, stops, escape
+
+
+@pytest.mark.parametrize("chain", ["strip+restore", "tags+restore", "strip", "restore-asked"])
+@pytest.mark.parametrize("name", sorted(FUSED_STREAMS))
+def test_a_transform_not_made_yet_gives_the_bytes_of_one_made_at_once(name, chain):
+    mode = "tags" if chain.startswith("tags") else "strip"
+    data = FUSED_STREAMS[name].replace(b'"model":"m"', b'"model":"llama3"')
+    full = FUSED_CHAINS[chain]
+    slow = byte_by_byte(data, full())
+    pieces = re.split(b"(?<=\n\n)", data)
+    ways = {"by events": lambda rw: [rw.feed(p) for p in pieces],
+            "relayed": None,
+            "whole": lambda rw: [rw.feed(data)],
+            "cut": lambda rw: [rw.feed(data[:len(data) // 3]), rw.feed(data[len(data) // 3:])]}
+    for way, feed in ways.items():
+        made: list = []
+        rest = full()[1:]
+        if feed is None:
+            rw, parser, out = SSEStreamRewriter(rest, aside=_aside(mode, made)), SSEParser(), []
+            for p in pieces:
+                parser.feed(p)
+                out.append(rw.feed(p, parser.whole))
+        else:
+            rw = SSEStreamRewriter(rest, aside=_aside(mode, made))
+            out = feed(rw)
+        assert b"".join(out) + rw.close() == slow, way
+        # Made once when the stream holds a marker's first byte or an escape, else never.
+        assert len(made) == (1 if b"<" in data or b"\\u" in data else 0), way
+
+
+def test_a_transform_not_made_yet_with_stops_longer_than_a_byte_is_made_at_once():
+    made: list = []
+    make, _, escape = _aside("strip", made)
+    data = chat_stream(["Hi", " <think>x</think>", " there"])
+    rw = SSEStreamRewriter([], aside=(make, (b"<t",), escape))
+    assert len(made) == 1 and len(rw.transforms) == 1
+    assert rw.feed(data) + rw.close() == byte_by_byte(data, [ThinkTransform("strip")])
+    # defer=False makes it at once too, and NDJSON streams have no set-aside.
+    made.clear()
+    SSEStreamRewriter([], defer=False, aside=_aside("strip", made))
+    assert len(made) == 1
+    lines = ollama_chat(["<think>a</think>", "Hi"])
+    ndjson = stream_rewriter("application/x-ndjson", [], _aside("strip", made))
+    assert isinstance(ndjson, NDJSONStreamRewriter) and len(made) == 2
+    want = NDJSONStreamRewriter([ThinkTransform("strip")])
+    assert ndjson.feed(lines) + ndjson.close() == want.feed(lines) + want.close()
