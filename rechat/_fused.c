@@ -1,10 +1,11 @@
 /* rechat._fused: the gateway's hot byte tests in C, imported through rechat/speedups.py.
 
-Owns four byte tests, each the C form of Python that stays beside its caller and gives the
+Owns five byte tests, each the C form of Python that stays beside its caller and gives the
 same answer: `event` and `events`, the SSE stream rewriter's fused path for a piece of one
 event or of several (`rechat.rewrite.SSEStreamRewriter.feed` and `_bulk`, the rule in its
 class docstring and `_make_plan`; `rechat.modelmap.ModelRestore.feed_raw_events`),
-`locate`, the model's place in an answer of the usual shape (`rechat.modelmap._locate`), and
+`locate`, the model's place in an answer of the usual shape (`rechat.modelmap._locate`),
+`learn`, the same kept for a stream's next chunks (`rechat.modelmap.ModelRestore._learn`), and
 `swap`, a request's model renamed in its bytes (`rechat.modelmap.rewrite_request_bytes`).
 In Python each is a dozen bytes-method calls or scans, each a few hundred instructions of
 CPython's call machinery around a memchr; here it is the memchrs. Optional: setup.py marks
@@ -283,46 +284,55 @@ PyDoc_STRVAR(locate_doc,
 "indexes of the value's opening and closing quotes and of the key, as _locate does; None\n"
 "when any of that does not hold (the caller then takes _locate's general path).");
 
-static PyObject *
-locate(PyObject *module, PyObject *raw)
+/* The usual case of `locate` over s[0:n]: 1 with the indexes of the value's quotes and of
+   the key in *v, *e, *i; 0 when it does not hold. */
+static int
+place(const char *s, Py_ssize_t n, Py_ssize_t *v, Py_ssize_t *e, Py_ssize_t *i)
 {
-    if (!PyBytes_CheckExact(raw))
-        Py_RETURN_NONE;
-    const char *s = PyBytes_AS_STRING(raw);
-    Py_ssize_t n = PyBytes_GET_SIZE(raw);
     const Py_ssize_t k = KEY_LEN;
     if (n < k + 4 || s[0] != '{' || s[n - 1] != '}' || memchr(s, '\\', (size_t)n) != NULL)
-        Py_RETURN_NONE;
+        return 0;
     /* The key, once: none after it. */
-    Py_ssize_t i = find_key(s, n);
-    if (i < 1 || find_key(s + i + k, n - i - k) >= 0)
-        Py_RETURN_NONE;
+    Py_ssize_t at = find_key(s, n);
+    if (at < 1 || find_key(s + at + k, n - at - k) >= 0)
+        return 0;
     /* Only flat members before it: no nesting but the opening brace, and quotes in pairs
        (without escapes a quote opens or closes a string), so the key is not in a string.
        (A loop without branches, which the compiler vectorizes.) */
     unsigned int quotes = 0, nested = 0;
-    for (Py_ssize_t j = 1; j < i; j++) {
+    for (Py_ssize_t j = 1; j < at; j++) {
         unsigned char c = (unsigned char)s[j];
         quotes += c == '"';
         nested |= (c | 0x20) == '{' || (c | 0x20) == '}';  /* [ ] are { } without 0x20 */
     }
     if (nested || (quotes & 1))
-        Py_RETURN_NONE;
-    Py_ssize_t v;
-    if (s[i + k] == ':' && s[i + k + 1] == ' ' && s[i + k + 2] == '"')
-        v = i + k + 2;
-    else if (s[i + k] == ':' && s[i + k + 1] == '"')
-        v = i + k + 1;
+        return 0;
+    if (s[at + k] == ':' && s[at + k + 1] == ' ' && s[at + k + 2] == '"')
+        *v = at + k + 2;
+    else if (s[at + k] == ':' && s[at + k + 1] == '"')
+        *v = at + k + 1;
     else
+        return 0;
+    const char *q = memchr(s + *v + 1, '"', (size_t)(n - *v - 1));
+    if (q == NULL)
+        return 0;
+    *e = q - s;
+    *i = at;
+    return 1;
+}
+
+static PyObject *
+locate(PyObject *module, PyObject *raw)
+{
+    if (!PyBytes_CheckExact(raw))
         Py_RETURN_NONE;
-    const char *e = memchr(s + v + 1, '"', (size_t)(n - v - 1));
-    if (e == NULL)
+    Py_ssize_t at[3];
+    if (!place(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), &at[0], &at[1], &at[2]))
         Py_RETURN_NONE;
     /* (A tuple built by hand: Py_BuildValue parses its format on every call.) */
     PyObject *out = PyTuple_New(3);
     if (out == NULL)
         return NULL;
-    Py_ssize_t at[3] = {v, (Py_ssize_t)(e - s), i};
     for (int j = 0; j < 3; j++) {
         PyObject *x = PyLong_FromSsize_t(at[j]);
         if (x == NULL) {
@@ -331,6 +341,61 @@ locate(PyObject *module, PyObject *raw)
         }
         PyTuple_SET_ITEM(out, j, x);
     }
+    return out;
+}
+
+PyDoc_STRVAR(learn_doc,
+"learn(raw, asked) -> (head, new_head, cut) | None\n\n"
+"rechat.modelmap.ModelRestore._learn's memo for a streamed chunk `raw` (bytes) of the usual\n"
+"shape (as `locate` takes it): `head` is `raw` up to the model value's closing quote,\n"
+"`new_head` the same with the value replaced by `asked` (the JSON string's bytes, quotes\n"
+"included), or `head` itself when the value is `asked` already, and `cut` the index of the\n"
+"key. None when `locate` would give None.");
+
+static PyObject *
+learn(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "learn() takes 2 arguments (raw, asked)");
+        return NULL;
+    }
+    PyObject *raw = args[0], *asked = args[1];
+    if (!PyBytes_CheckExact(raw) || !PyBytes_CheckExact(asked))
+        Py_RETURN_NONE;
+    const char *s = PyBytes_AS_STRING(raw);
+    Py_ssize_t v, e, i, a = PyBytes_GET_SIZE(asked);
+    if (!place(s, PyBytes_GET_SIZE(raw), &v, &e, &i))
+        Py_RETURN_NONE;
+    PyObject *head = PyBytes_FromStringAndSize(s, e + 1), *new, *cut;
+    if (head == NULL)
+        return NULL;
+    if (e + 1 - v == a && memcmp(s + v, PyBytes_AS_STRING(asked), (size_t)a) == 0)
+        new = Py_NewRef(head);
+    else {
+        new = PyBytes_FromStringAndSize(NULL, v + a);
+        if (new == NULL) {
+            Py_DECREF(head);
+            return NULL;
+        }
+        memcpy(PyBytes_AS_STRING(new), s, (size_t)v);
+        memcpy(PyBytes_AS_STRING(new) + v, PyBytes_AS_STRING(asked), (size_t)a);
+    }
+    cut = PyLong_FromSsize_t(i);
+    if (cut == NULL) {
+        Py_DECREF(head);
+        Py_DECREF(new);
+        return NULL;
+    }
+    PyObject *out = PyTuple_New(3);
+    if (out == NULL) {
+        Py_DECREF(head);
+        Py_DECREF(new);
+        Py_DECREF(cut);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, head);
+    PyTuple_SET_ITEM(out, 1, new);
+    PyTuple_SET_ITEM(out, 2, cut);
     return out;
 }
 
@@ -386,6 +451,7 @@ static PyMethodDef methods[] = {
     {"events", (PyCFunction)(void (*)(void))events, METH_FASTCALL, events_doc},
     {"locate", locate, METH_O, locate_doc},
     {"swap", (PyCFunction)(void (*)(void))swap, METH_FASTCALL, swap_doc},
+    {"learn", (PyCFunction)(void (*)(void))learn, METH_FASTCALL, learn_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -39,7 +39,8 @@ from typing import Any, Mapping
 
 from rechat.errors import ConfigError
 # None: the Python beside each caller (the same answers)
-from rechat.speedups import events as _fused_events, locate as _fused_locate, swap as _fused_swap  # noqa: E501
+from rechat.speedups import events as _fused_events, learn as _fused_learn, locate as _fused_locate
+from rechat.speedups import swap as _fused_swap
 
 __all__ = ["ModelMap", "restore_response_model", "ModelRestore", "rewrite_request_bytes"]
 
@@ -457,12 +458,17 @@ class ModelRestore:
         """Locate the model in the streamed chunk `raw` and remember where (`_memo`); return
         the memo, `_ABSENT` when `raw` names no model (nothing is remembered), or None when
         the bytes do not say (see `_locate`)."""
-        # (`_locate`'s two steps here: a Python call less on every stream.)
-        got = _fused_locate(raw) if _fused_locate is not None else None
-        if got is None:
-            got = _locate_in_python(raw)
-            if got is None or got is _ABSENT:
-                return got
+        if _fused_learn is not None:
+            # The usual chunk in one C call (rechat/_fused.c): `_fused_locate`'s case, and the
+            # memo below made of it.
+            memo = _fused_learn(raw, self._asked_raw)
+            if memo is not None:
+                self._events_plan = None
+                self._memo = memo
+                return memo
+        got = _locate_in_python(raw)
+        if got is None or got is _ABSENT:
+            return got
         start, end, cut = got
         head = raw[:end + 1]
         if cut < 0:  # (else `raw`, and so `head`, holds the key once, there)

@@ -537,9 +537,14 @@ class SSEStreamRewriter:
         done = head.endswith(b"data: [DONE]\n\n")
         new, n = (head[:-14], count - 1) if done else (head, count)
         if n:
-            if self._many is None:
-                self._many = [_raw_events_of(t) for t in self.transforms]
-            for many in self._many:
+            many_of = self._many
+            if many_of is None and len(self.transforms) == 1:
+                # One transform (the usual chain): its own, without making the list.
+                many = getattr(self.transforms[0], "feed_raw_events", None)
+                many_of = (many,) if many is not None else None
+            if many_of is None:
+                many_of = self._many = [_raw_events_of(t) for t in self.transforms]
+            for many in many_of:
                 new = many(new, n)
                 if new is None:
                     break

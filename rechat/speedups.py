@@ -3,7 +3,8 @@
 Hot-path byte tests of the gateway's answer rewrite are in C: `event`, the SSE stream
 rewriter's fused path for one event (`rechat.rewrite.SSEStreamRewriter.feed`), `events`,
 the same over several events in one piece (`SSEStreamRewriter._bulk`), `locate`, the
-model's place in an answer of the usual shape (`rechat.modelmap._locate`), and `swap`, a
+model's place in an answer of the usual shape (`rechat.modelmap._locate`), `learn`, the
+same kept for a stream's next chunks (`rechat.modelmap.ModelRestore._learn`), and `swap`, a
 request's model renamed in its bytes (`rechat.modelmap.rewrite_request_bytes`).
 Each gives what the Python next to its caller gives (where one of them declines a corner
 case the other takes, the caller's slower path gives the same bytes), and the callers fall
@@ -18,12 +19,13 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-__all__ = ["BUILT", "event", "events", "locate", "swap"]
+__all__ = ["BUILT", "event", "events", "learn", "locate", "swap"]
 
 event: Callable[..., Any] | None = None
 events: Callable[..., Any] | None = None
 locate: Callable[[bytes], Any] | None = None
 swap: Callable[..., Any] | None = None
+learn: Callable[..., Any] | None = None
 try:
     from rechat import _fused
 except ImportError:  # pragma: no cover - no C compiler where rechat was installed
@@ -32,3 +34,4 @@ else:
     BUILT = True
     if not os.environ.get("RECHAT_NO_EXTENSIONS"):
         event, events, locate, swap = _fused.event, _fused.events, _fused.locate, _fused.swap
+        learn = _fused.learn

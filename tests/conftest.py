@@ -38,6 +38,7 @@ def both_paths(request, monkeypatch):
         monkeypatch.setattr("rechat.modelmap._fused_locate", None)
         monkeypatch.setattr("rechat.modelmap._fused_events", None)
         monkeypatch.setattr("rechat.modelmap._fused_swap", None)
+        monkeypatch.setattr("rechat.modelmap._fused_learn", None)
     elif speedups.event is None:
         pytest.skip("rechat._fused is not built, or RECHAT_NO_EXTENSIONS is set")
     return request.param

@@ -161,11 +161,22 @@ def test_locate_agrees_with_the_python_it_stands_for(before, after, model, has_m
         want = modelmap._locate(raw)
     got = _fused.locate(raw)
     assert got is None or got == want
-    # The usual answer is the C pass's to give: a flat start, no escapes, a string model.
-    flat = all(not isinstance(v, (list, dict)) for v in before.values())
+    # The usual answer is the C pass's to give: a flat start (no bracket before the key, even
+    # inside a string: the bytes cannot tell), no escapes, a string model.
+    flat = not any(c in b"{}[]" for c in raw[1:raw.find(b'"model"')])
     if (has_model and isinstance(model, str) and flat and b"\\" not in raw
             and raw.count(b'"model"') == 1):
         assert got == want and got is not None
+    # learn: what ModelRestore._learn keeps of the same chunk, where locate takes it.
+    for asked in ("gpt-4o", model if isinstance(model, str) else "x"):
+        restore = modelmap.ModelRestore(asked)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(modelmap, "_fused_learn", None)
+            memo = restore._learn(raw)
+        learned = _fused.learn(raw, restore._asked_raw)
+        assert learned == (None if got is None else memo)
+        if learned is not None and memo[1] is memo[0]:
+            assert learned[1] is learned[0]  # unchanged: the head itself, as _learn keeps it
 
 
 def test_locate_leaves_unusual_bodies_to_python():
@@ -181,6 +192,10 @@ def test_locate_leaves_unusual_bodies_to_python():
         assert modelmap._locate(odd) == modelmap._ABSENT
     assert _fused.locate(b'{"id":"1", "model": "gpt-4o"}') == (20, 27, 11)
     assert _fused.locate(b'{"model":"m","choices":[]}') == (9, 11, 1)
+    assert _fused.learn(b'{"model":"m","n":1}', b'"gpt"') == (b'{"model":"m"', b'{"model":"gpt"', 1)
+    assert _fused.learn(b'{"model":"m"}', "m") is None  # bytes only
+    with pytest.raises(TypeError):
+        _fused.learn(b"{}")
 
 
 # -- swap ----------------------------------------------------------------------------------
