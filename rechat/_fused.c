@@ -1,9 +1,10 @@
 /* rechat._fused: the gateway's hot byte tests in C, imported through rechat/speedups.py.
 
-Owns five byte tests, each the C form of Python that stays beside its caller and gives the
+Owns six byte tests, each the C form of Python that stays beside its caller and gives the
 same answer: `event` and `events`, the SSE stream rewriter's fused path for a piece of one
 event or of several (`rechat.rewrite.SSEStreamRewriter.feed` and `_bulk`, the rule in its
-class docstring and `_make_plan`; `rechat.modelmap.ModelRestore.feed_raw_events`),
+class docstring and `_make_plan`; `rechat.modelmap.ModelRestore.feed_raw_events`), `touches`,
+whether a piece concerns the transform that rewriter has set aside (`feed`),
 `locate`, the model's place in an answer of the usual shape (`rechat.modelmap._locate`),
 `learn`, the same kept for a stream's next chunks (`rechat.modelmap.ModelRestore._learn`), and
 `swap`, a request's model renamed in its bytes (`rechat.modelmap.rewrite_request_bytes`).
@@ -399,6 +400,39 @@ learn(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+PyDoc_STRVAR(touches_doc,
+"touches(data, stops, escape) -> bool | None\n\n"
+"Whether a piece of a stream concerns the transform an SSE rewriter has set aside\n"
+"(rechat.rewrite.SSEStreamRewriter.feed): `data` (bytes) holds one of `stops` (a tuple of\n"
+"bytes), or `escape` is true and it holds ``\\\\u`` or ends with a backslash (a ``\\\\u``\n"
+"split between pieces). None when `data` is not bytes or `stops` not a tuple of bytes (the\n"
+"caller then tests in Python).");
+
+static PyObject *
+touches(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "touches() takes 3 arguments (data, stops, escape)");
+        return NULL;
+    }
+    PyObject *data = args[0], *stops = args[1];
+    if (!PyBytes_CheckExact(data) || !PyTuple_CheckExact(stops))
+        Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(stops); i++)
+        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(stops, i)))
+            Py_RETURN_NONE;
+    int escape = PyObject_IsTrue(args[2]);
+    if (escape < 0)
+        return NULL;
+    const char *s = PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    if (holds_any(s, n, stops, 1))
+        Py_RETURN_TRUE;
+    if (escape && n > 0 && (s[n - 1] == '\\' || holds(s, n, "\\u", 2)))
+        Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+}
+
 PyDoc_STRVAR(swap_doc,
 "swap(raw, renaming) -> bytes | None\n\n"
 "The usual case of rechat.modelmap.rewrite_request_bytes for a decoded request, in one\n"
@@ -452,6 +486,7 @@ static PyMethodDef methods[] = {
     {"locate", locate, METH_O, locate_doc},
     {"swap", (PyCFunction)(void (*)(void))swap, METH_FASTCALL, swap_doc},
     {"learn", (PyCFunction)(void (*)(void))learn, METH_FASTCALL, learn_doc},
+    {"touches", (PyCFunction)(void (*)(void))touches, METH_FASTCALL, touches_doc},
     {NULL, NULL, 0, NULL},
 };
 

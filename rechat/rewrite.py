@@ -48,6 +48,7 @@ from typing import Any, Callable, Protocol, Sequence
 from rechat.sse import whole_data_lines
 # None: the Python fused paths (the same bytes)
 from rechat.speedups import event as _fused_event, events as _fused_events
+from rechat.speedups import touches as _fused_touches
 
 __all__ = ["ObjectTransform", "rewrite_json", "SSEStreamRewriter", "NDJSONStreamRewriter",
            "stream_rewriter"]
@@ -363,17 +364,24 @@ class SSEStreamRewriter:
                                 self._history.append(data)
                             return data if plan[2] is None else plan[2] + rest
         if self._history is not None:  # a transform is set aside
-            # (partition: no arguments parsed, as find does, on every piece of a stream)
-            for stop in self._aside_stops:
-                if data.partition(stop)[1]:
-                    self._settle()
-                    break
-            else:
-                if self._aside_escape and data.partition(b"\\")[1] and (
-                        data.find(b"\\u") >= 0 or data[-1:] == b"\\"):
-                    self._settle()  # (a \\u split between pieces: the first ends in \\)
+            # Does the piece concern it: in one C call (rechat/_fused.c), or in Python.
+            touched = (_fused_touches(data, self._aside_stops, self._aside_escape)
+                       if _fused_touches is not None else None)
+            if touched is None:
+                # (partition: no arguments parsed, as find does, on every piece of a stream)
+                touched = False
+                for stop in self._aside_stops:
+                    if data.partition(stop)[1]:
+                        touched = True
+                        break
                 else:
-                    self._history.append(data)  # (a list while a transform is set aside)
+                    # (a \\u split between pieces: the first ends in \\)
+                    touched = bool(self._aside_escape and data.partition(b"\\")[1] and (
+                        data.find(b"\\u") >= 0 or data[-1:] == b"\\"))
+            if touched:
+                self._settle()
+            else:
+                self._history.append(data)  # (a list while a transform is set aside)
         if self._closed:
             raise ValueError("SSEStreamRewriter.feed() called after close()")
         if not data:
@@ -383,7 +391,8 @@ class SSEStreamRewriter:
                 # The usual last piece: end the transforms before it (as _feed_events would).
                 self._first_line, self._plan = False, None
                 return self._done()
-            if whole == 1 or (data.endswith(b"}\n\n") and data.startswith(b"data: {")
+            if whole == 1 or (not whole and data.endswith(b"}\n\n")
+                              and data.startswith(b"data: {")
                               and data.find(b"\n") == len(data) - 2 and data.find(b"\r") < 0):
                 # One event (as _feed_events takes it, without its framing of several).
                 self._first_line = False

@@ -1,7 +1,8 @@
 """rechat's optional C helpers: the one place that imports `rechat._fused` (rechat/_fused.c).
 
 Hot-path byte tests of the gateway's answer rewrite are in C: `event`, the SSE stream
-rewriter's fused path for one event (`rechat.rewrite.SSEStreamRewriter.feed`), `events`,
+rewriter's fused path for one event (`rechat.rewrite.SSEStreamRewriter.feed`), `touches`,
+whether a piece concerns the transform it has set aside (the same), `events`,
 the same over several events in one piece (`SSEStreamRewriter._bulk`), `locate`, the
 model's place in an answer of the usual shape (`rechat.modelmap._locate`), `learn`, the
 same kept for a stream's next chunks (`rechat.modelmap.ModelRestore._learn`), and `swap`, a
@@ -19,13 +20,14 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-__all__ = ["BUILT", "event", "events", "learn", "locate", "swap"]
+__all__ = ["BUILT", "event", "events", "learn", "locate", "swap", "touches"]
 
 event: Callable[..., Any] | None = None
 events: Callable[..., Any] | None = None
 locate: Callable[[bytes], Any] | None = None
 swap: Callable[..., Any] | None = None
 learn: Callable[..., Any] | None = None
+touches: Callable[..., Any] | None = None
 try:
     from rechat import _fused
 except ImportError:  # pragma: no cover - no C compiler where rechat was installed
@@ -34,4 +36,4 @@ else:
     BUILT = True
     if not os.environ.get("RECHAT_NO_EXTENSIONS"):
         event, events, locate, swap = _fused.event, _fused.events, _fused.locate, _fused.swap
-        learn = _fused.learn
+        learn, touches = _fused.learn, _fused.touches

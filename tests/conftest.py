@@ -35,6 +35,7 @@ def both_paths(request, monkeypatch):
     if request.param == "python":
         monkeypatch.setattr("rechat.rewrite._fused_event", None)
         monkeypatch.setattr("rechat.rewrite._fused_events", None)
+        monkeypatch.setattr("rechat.rewrite._fused_touches", None)
         monkeypatch.setattr("rechat.modelmap._fused_locate", None)
         monkeypatch.setattr("rechat.modelmap._fused_events", None)
         monkeypatch.setattr("rechat.modelmap._fused_swap", None)

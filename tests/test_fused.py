@@ -104,6 +104,25 @@ def test_events_renames_a_piece_of_more_events_than_it_keeps_the_ends_of(count):
     assert _fused.events(b"".join(evs), count, (STOPS, HEAD, NEW, TAIL, 0)) is None
 
 
+@settings(max_examples=300, deadline=None)
+@given(data=_BODY, stops=st.sampled_from([(b"<",), (b"<", b"\xe2"), (), (b"\r", b"<")]),
+       escape=st.booleans())
+def test_touches_follows_its_rule(data, stops, escape):
+    # SSEStreamRewriter.feed's test of a piece against the transform it has set aside.
+    want = (any(data.find(x) >= 0 for x in stops)
+            or (escape and (data.find(b"\\u") >= 0 or data.endswith(b"\\"))))
+    assert _fused.touches(data, stops, escape) is want
+
+
+def test_touches_declines_what_is_not_bytes():
+    assert _fused.touches(bytearray(b"<"), (b"<",), False) is None
+    assert _fused.touches(b"<", [b"<"], False) is None
+    assert _fused.touches(b"<", ("<",), False) is None
+    assert _fused.touches(b"a\\", (), True) is True and _fused.touches(b"a\\", (), False) is False
+    with pytest.raises(TypeError):
+        _fused.touches(b"<", (b"<",))
+
+
 def test_event_shares_an_unchanged_piece_and_renames_the_head():
     data = HEAD + b',"choices":[{"delta":{"content":"hi"}}]}\n\n'
     assert _fused.event(data, (STOPS, HEAD, None, TAIL, 0), None) is data
