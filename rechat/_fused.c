@@ -20,6 +20,9 @@ rewrite, think and model-map tests run both paths.
 #endif
 #include <Python.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 /* The key the model map looks for, and its Horspool table (built on first use). */
 static const char KEY[] = "\"model\"";
@@ -52,15 +55,37 @@ horspool(const unsigned char *t, Py_ssize_t n, const unsigned char *p, Py_ssize_
     return -1;
 }
 
-/* The index of the first ``"model"`` in s[0:n], or -1. */
+/* The index of the first ``"model"`` in s[0:n], or -1. With SSE2 (every x86-64), 16
+   places at a time: those with an m after them and an l five bytes on (the key's 2nd and
+   6th bytes, rarely that far apart in JSON text) are compared whole (W. Mula, "SIMD-friendly
+   algorithms for substring searching", 2016); the last places, and other machines, by
+   Horspool's search. About half the instructions of Horspool's over a chunk. */
 static Py_ssize_t
 find_key(const char *s, Py_ssize_t n)
 {
+    Py_ssize_t i = 0;
+#if defined(__SSE2__)
+    const __m128i m = _mm_set1_epi8('m'), l = _mm_set1_epi8('l');
+    for (; i + 22 <= n; i += 16) {  /* the places i..i+15, each with its 7 bytes in s */
+        __m128i a = _mm_loadu_si128((const __m128i *)(s + i + 1));
+        __m128i b = _mm_loadu_si128((const __m128i *)(s + i + 5));
+        unsigned int mask = (unsigned int)_mm_movemask_epi8(
+            _mm_and_si128(_mm_cmpeq_epi8(a, m), _mm_cmpeq_epi8(b, l)));
+        while (mask) {
+            int bit = __builtin_ctz(mask);
+            if (memcmp(s + i + bit, KEY, KEY_LEN) == 0)
+                return i + bit;
+            mask &= mask - 1;
+        }
+    }
+#endif
     if (!key_skip_ready) {
         make_skip(key_skip, (const unsigned char *)KEY, KEY_LEN);
         key_skip_ready = 1;
     }
-    return horspool((const unsigned char *)s, n, (const unsigned char *)KEY, KEY_LEN, key_skip);
+    Py_ssize_t j = horspool((const unsigned char *)s + i, n - i, (const unsigned char *)KEY,
+                            KEY_LEN, key_skip);
+    return j < 0 ? -1 : i + j;
 }
 
 /* Whether s[0:n] holds `stop` (m bytes). An empty stop is taken as held (the caller then

@@ -198,6 +198,19 @@ def test_locate_agrees_with_the_python_it_stands_for(before, after, model, has_m
             assert learned[1] is learned[0]  # unchanged: the head itself, as _learn keeps it
 
 
+def test_the_key_is_found_at_every_offset_and_a_second_one_anywhere_after():
+    # The key search takes 16 places at a time where it can, and the last ones one by one:
+    # a key at any offset, and a second key (which must decline) at any offset after it.
+    for pad in range(0, 70):
+        raw = b'{"x":"' + b"m" * pad + b'","model":"m"}'
+        assert _fused.locate(raw) == (raw.index(b'"m"}'), len(raw) - 2, raw.index(b'"model"'))
+        for gap in range(0, 40):
+            twice = raw[:-1] + b',"y":"' + b"l" * gap + b'","model":"n"}'
+            assert _fused.locate(twice) is None, (pad, gap)
+            near = raw[:-1] + b',"y":"' + b"l" * gap + b'","mode1":"n"}'
+            assert _fused.locate(near) == _fused.locate(raw)[:2] + (raw.index(b'"model"'),)
+
+
 def test_locate_leaves_unusual_bodies_to_python():
     for raw in (b'{"a":{"model":"x"}}', b'{"model":"x","model":"y"}', b'{"model":1}',
                 b'{"a":"\\u0041","model":"x"}', b'{"model" : "x"}', b'[{"model":"x"}]',
