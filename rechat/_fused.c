@@ -168,14 +168,15 @@ holds_any(const char *s, Py_ssize_t n, PyObject *stops, int slash)
 }
 
 /* Whether the n bytes at s are one event the plan takes, its stops aside: ``data:
-   {...}\n\n`` starting with its head, no other LF, no tail stop after the head (those that
-   start with a backslash only when `slash`). */
+   {...}\n\n`` starting with its head, no other LF (unless `lf_known`: the caller found its
+   first LF at n - 2), no tail stop after the head (those that start with a backslash only
+   when `slash`). */
 static int
-takes_one(const char *s, Py_ssize_t n, const Plan *pl, int slash)
+takes_one(const char *s, Py_ssize_t n, const Plan *pl, int slash, int lf_known)
 {
     return n >= pl->h + 3 && memcmp(s, pl->head, (size_t)pl->h) == 0
         && s[n - 3] == '}' && s[n - 2] == '\n' && s[n - 1] == '\n'
-        && memchr(s, '\n', (size_t)(n - 2)) == NULL
+        && (lf_known || memchr(s, '\n', (size_t)(n - 2)) == NULL)
         && !holds_any(s + pl->h, n - pl->h, pl->tail, slash);
 }
 
@@ -185,7 +186,7 @@ static int
 takes(const char *s, Py_ssize_t n, const Plan *pl)
 {
     int slash = memchr(s, '\\', (size_t)n) != NULL;
-    return !holds_any(s, n, pl->stops, slash) && takes_one(s, n, pl, slash);
+    return !holds_any(s, n, pl->stops, slash) && takes_one(s, n, pl, slash, 0);
 }
 
 PyDoc_STRVAR(event_doc,
@@ -274,7 +275,7 @@ events(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (lf == NULL || lf + 1 >= s + n)
             Py_RETURN_NONE;
         Py_ssize_t end = lf - s + 2;
-        if (!takes_one(s + pos, end - pos, &pl, slash))
+        if (!takes_one(s + pos, end - pos, &pl, slash, 1))  /* its first LF: found above */
             Py_RETURN_NONE;
         if (c < 64)
             ends[c] = end;
