@@ -24,9 +24,10 @@ server's instructions for one request, everything included (HTTP, the relay, the
 It prints plain, gateway and their ratio for the JSON answer and the stream: issue 5's ratio
 without the machine's noise (but counting instructions, not time). Takes a few minutes. The
 stream's count moves by a few percent between runs: the proxy reads the upstream's 17 writes
-in pieces of several events, cut wherever the timing falls. `--event-gap-ms 5` counts the
-stream alone with its events 5 ms apart, as a model's tokens come: each event is then a piece
-of its own, and two runs agree.
+in pieces of several events, cut wherever the timing falls. Two stream shapes cut the same way
+every run count the stream alone: `--event-gap-ms 5`, its events 5 ms apart, as a model's
+tokens come (each event a piece of its own), and `--one-write`, the whole stream in one write,
+as a cache or a replaying rechat sends it (one piece).
 
 `--log` counts what the request log costs a replay, as bench_log.py runs it: `rechat replay`
 of a recorded answer with `--no-ui` (no log) and with `--log-db FILE` (the UI and the log),
@@ -39,6 +40,7 @@ GIL between the two threads cost in time. Issue 4's ratio without the machine's 
     .venv/bin/python bench/bench_instructions.py [--workload NAME ...] [--number 200]
     .venv/bin/python bench/bench_instructions.py --servers [--server-requests 100]
     .venv/bin/python bench/bench_instructions.py --servers --event-gap-ms 5
+    .venv/bin/python bench/bench_instructions.py --servers --one-write
     .venv/bin/python bench/bench_instructions.py --log [--server-requests 100]
 
 Every counted process runs with PYTHONHASHSEED=0 (the count then repeats to about 0.1%).
@@ -143,15 +145,16 @@ def server_count(argv: list[str], stream: bool, n: int, tmp: str, warm: int = 1,
     return int(m.group(1).replace(",", ""))
 
 
-def _bare_upstream(tmp: str, gap_ms: float = 0.0):
+def _bare_upstream(tmp: str, gap_ms: float = 0.0, one_write: bool = False):
     """Start bench_proxy.py's bare upstream on a free 127.0.0.1 port, pausing `gap_ms` ms after
-    each event of a stream; return (server, port)."""
+    each event of a stream (or writing it whole, `one_write`); return (server, port)."""
     import bench_proxy as bp
 
     port = bp.free_port()
     return bp.Server("bare", [bp.PY, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                   "bench_proxy.py"), "--bare-server", str(port),
-                              "--event-gap-ms", str(gap_ms)],
+                              "--event-gap-ms", str(gap_ms),
+                              *(["--one-write"] if one_write else [])],
                      port, tmp).start(), port
 
 
@@ -163,14 +166,14 @@ def per_request(argv: list[str], stream: bool, n: int, tmp: str, **warm) -> floa
     return (long - short) / (5 * n) / 1000
 
 
-def servers(n: int, gap_ms: float = 0.0) -> int:
+def servers(n: int, gap_ms: float = 0.0, one_write: bool = False) -> int:
     """The `--servers` run (module docstring); with `gap_ms`, the stream only, its events
-    `gap_ms` ms apart."""
+    `gap_ms` ms apart; with `one_write`, the stream only, in one write."""
     import tempfile
     import bench_proxy as bp
 
     tmp = tempfile.mkdtemp(prefix="rechat-bench-ir-")
-    bare, bare_port = _bare_upstream(tmp, gap_ms)
+    bare, bare_port = _bare_upstream(tmp, gap_ms, one_write)
     up = f"http://{bp.HOST}:{bare_port}/v1"
     common = ["--no-ui", "--sessions", os.path.join(tmp, "s")]
     configs = {"plain": ["passthrough", up, *common],
@@ -178,7 +181,7 @@ def servers(n: int, gap_ms: float = 0.0) -> int:
                            "--model-map", '{"/gpt-4o-.*/": "llama3"}', "--restore-model",
                            "--think", "strip", *common]}
     try:
-        for stream in (True,) if gap_ms else (False, True):
+        for stream in (True,) if gap_ms or one_write else (False, True):
             per = {}
             for name, argv in configs.items():
                 per[name] = per_request(argv, stream, n, tmp)
@@ -241,6 +244,9 @@ def main() -> int:
     ap.add_argument("--event-gap-ms", type=float, default=0.0,
                     help="with --servers: count the stream only, its events this many ms apart "
                          "(each a piece of its own, as a model's tokens come)")
+    ap.add_argument("--one-write", action="store_true",
+                    help="with --servers: count the stream only, the upstream writing it whole "
+                         "(one piece)")
     ap.add_argument("--run", nargs=2, help=argparse.SUPPRESS)  # internal: the counted run
     args = ap.parse_args()
     if args.run:
@@ -250,7 +256,7 @@ def main() -> int:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 1
     if args.servers:
-        return servers(args.server_requests, args.event_gap_ms)
+        return servers(args.server_requests, args.event_gap_ms, args.one_write)
     if args.log:
         return log_servers(args.server_requests)
     n = args.number

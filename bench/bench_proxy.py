@@ -90,16 +90,19 @@ def _chunks() -> list[dict]:
 
 COMPLETION_BYTES = json.dumps(COMPLETION).encode()
 SSE_EVENTS = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in _chunks()] + [b"data: [DONE]\n\n"]
+WHOLE_STREAM = b"".join(SSE_EVENTS)
 
 
 # -- the bare server (run as `bench_proxy.py --bare-server PORT`) -----------------------------
 
-def run_bare_server(port: int, gap_ms: float = 0.0) -> None:
+def run_bare_server(port: int, gap_ms: float = 0.0, one_write: bool = False) -> None:
     """A minimal aiohttp server: parse the JSON body, answer the fixed completion or stream.
 
     A stream is `SSE_EVENTS`, one write each, and a pause of `gap_ms` ms after each when it is
     not 0: a model's tokens come tens of ms apart, so a proxy gets each event as a piece of its
-    own, where without the pause it gets them in pieces of several events, cut anywhere.
+    own, where without the pause it gets them in pieces of several events, cut anywhere. With
+    `one_write`, the whole stream goes in one write (as a cache or a replaying rechat sends
+    it): a proxy on the same machine gets it as one piece.
     """
     from aiohttp import web
 
@@ -109,7 +112,7 @@ def run_bare_server(port: int, gap_ms: float = 0.0) -> None:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                                "Cache-Control": "no-cache"})
             await resp.prepare(request)
-            for ev in SSE_EVENTS:
+            for ev in (WHOLE_STREAM,) if one_write else SSE_EVENTS:
                 await resp.write(ev)
                 if gap_ms:
                     await asyncio.sleep(gap_ms / 1000)
@@ -630,6 +633,7 @@ def main() -> int:
     ap.add_argument("--json", metavar="FILE", help="also write the raw figures to FILE")
     ap.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--event-gap-ms", type=float, default=0.0, help=argparse.SUPPRESS)  # its pause
+    ap.add_argument("--one-write", action="store_true", help=argparse.SUPPRESS)  # its one write
     ap.add_argument("--raw-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--pipe-server", type=int, nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--aiohttp-forward-server", type=int, nargs=2, help=argparse.SUPPRESS)
@@ -641,7 +645,7 @@ def main() -> int:
         run_aiohttp_forward_server(*args.aiohttp_forward_server)
         return 0
     if args.bare_server:
-        run_bare_server(args.bare_server, args.event_gap_ms)
+        run_bare_server(args.bare_server, args.event_gap_ms, args.one_write)
         return 0
     if args.raw_server:
         run_raw_server(args.raw_server)
