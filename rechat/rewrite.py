@@ -401,7 +401,9 @@ class SSEStreamRewriter:
                 return out
             if whole:
                 out = self._feed_events(data, whole, plan if whole > 1 else None)
-                self._update_plan()
+                # (_update_plan's test here: nothing is held after whole events, and a stream
+                # ended by its [DONE], as the usual last piece is, needs no plan)
+                self._plan = None if self._ended else self._make_plan()
                 return out
         out = self._feed(bytes(data))
         self._update_plan()
