@@ -509,7 +509,7 @@ class SSEStreamRewriter:
                     out = self._lines(first, final=False)
                 rest = data[end + 2:]
                 if rest:
-                    fast = self._feed_events(rest, known=plan)
+                    fast = self._feed_events(rest, 0, None, plan)  # (positional: faster)
                     out += fast if fast is not None else self._feed(rest)
                 return out
         if partial:
