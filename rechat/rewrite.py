@@ -268,12 +268,11 @@ class SSEStreamRewriter:
 
     # One is made per streamed answer: slots make making one, and reading its state, cheaper.
     __slots__ = ("transforms", "_aside", "_aside_make", "_aside_stops", "_aside_escape",
-                 "_history", "_many",
-                 "_block", "_partial", "_first_line", "_bom", "_ended", "_closed", "_plan",
-                 "_variants", "_bulk_rule")
+                 "_history", "_many", "_block", "_partial", "_first_line", "_bom", "_ended",
+                 "_closed", "_plan", "_variants", "_bulk_rule")
 
     def __init__(self, transforms: Sequence[ObjectTransform], defer: bool = True,
-                 aside: "Aside | None" = None) -> None:
+                 aside: Aside | None = None) -> None:
         self.transforms = list(transforms)
         # The first transform, set aside while no piece concerns it (see `_settle`), or what
         # makes it (`aside`, not made yet), with its one-byte stops and whether ``\\u`` is one;
