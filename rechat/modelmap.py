@@ -319,6 +319,9 @@ def _encode(name: str) -> bytes:
     return json.dumps(name, ensure_ascii=False).encode("utf-8")
 
 
+_ENCODED: dict[str, bytes] = {}  # name -> _encode(name), for ModelRestore
+
+
 # asked -> (served, then what follows a plain ``"model"`` key in the two usual spellings and
 # what replaces the key and it: ``: "asked"``, ``"model": "served"``, ``:"asked"``,
 # ``"model":"served"``). A gateway renames a handful of names, each on every request: worked
@@ -410,7 +413,13 @@ class ModelRestore:
 
     def __init__(self, asked: str) -> None:
         self.asked = asked
-        self._asked_raw = _encode(asked)
+        # (one is made per answer, for one of a handful of names: each encoded once)
+        raw = _ENCODED.get(asked)
+        if raw is None:
+            if len(_ENCODED) >= _MEMO:
+                _ENCODED.clear()
+            raw = _ENCODED[asked] = _encode(asked)
+        self._asked_raw = raw
         # (bytes up to the end of a model value already located, the same renamed, where the
         # two differ from: the key's index when the bytes hold the key once, else 0): the
         # chunks of one stream start alike, so the next one starting with the same bytes has
