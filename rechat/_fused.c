@@ -127,6 +127,18 @@ typedef struct {
     Py_ssize_t h, k;               /* their lengths */
 } Plan;
 
+/* Whether `t` is a tuple of bytes only. */
+static int
+bytes_tuple(PyObject *t)
+{
+    if (!PyTuple_CheckExact(t))
+        return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t); i++)
+        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(t, i)))
+            return 0;
+    return 1;
+}
+
 /* Fill `pl` from `plan`; 0 when it is not a plan's shape (the caller then declines). */
 static int
 read_plan(PyObject *plan, Plan *pl)
@@ -135,15 +147,9 @@ read_plan(PyObject *plan, Plan *pl)
         return 0;
     PyObject *stops = PyTuple_GET_ITEM(plan, 0), *head = PyTuple_GET_ITEM(plan, 1);
     PyObject *new = PyTuple_GET_ITEM(plan, 2), *tail = PyTuple_GET_ITEM(plan, 3);
-    if (!PyTuple_CheckExact(stops) || !PyBytes_CheckExact(head) || !PyTuple_CheckExact(tail)
+    if (!bytes_tuple(stops) || !PyBytes_CheckExact(head) || !bytes_tuple(tail)
             || (new != Py_None && !PyBytes_CheckExact(new)) || PyBytes_GET_SIZE(head) == 0)
         return 0;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(stops); i++)
-        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(stops, i)))
-            return 0;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tail); i++)
-        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(tail, i)))
-            return 0;
     pl->stops = stops;
     pl->tail = tail;
     pl->head = PyBytes_AS_STRING(head);
@@ -408,21 +414,10 @@ learn(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         memcpy(PyBytes_AS_STRING(new) + v, PyBytes_AS_STRING(asked), (size_t)a);
     }
     cut = PyLong_FromSsize_t(i);
-    if (cut == NULL) {
-        Py_DECREF(head);
-        Py_DECREF(new);
-        return NULL;
-    }
-    PyObject *out = PyTuple_New(3);
-    if (out == NULL) {
-        Py_DECREF(head);
-        Py_DECREF(new);
-        Py_DECREF(cut);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(out, 0, head);
-    PyTuple_SET_ITEM(out, 1, new);
-    PyTuple_SET_ITEM(out, 2, cut);
+    PyObject *out = cut == NULL ? NULL : PyTuple_Pack(3, head, new, cut);
+    Py_DECREF(head);
+    Py_DECREF(new);
+    Py_XDECREF(cut);
     return out;
 }
 
@@ -442,11 +437,8 @@ touches(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *data = args[0], *stops = args[1];
-    if (!PyBytes_CheckExact(data) || !PyTuple_CheckExact(stops))
+    if (!PyBytes_CheckExact(data) || !bytes_tuple(stops))
         Py_RETURN_NONE;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(stops); i++)
-        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(stops, i)))
-            Py_RETURN_NONE;
     int escape = PyObject_IsTrue(args[2]);
     if (escape < 0)
         return NULL;

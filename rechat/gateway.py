@@ -83,6 +83,7 @@ class Gateway:
                               or s.model_map.patterns or s.model_map.override)
         # choices -> the think rewrite as a stream rewriter's `aside` (see stream_rewriter)
         self._asides: dict[int, Aside] = {}
+        # What transforms() and stream_rewriter() make, read once (the settings do not change).
         self._thinks = s.think is not ThinkMode.KEEP
         self._restores = s.restore_model
 
@@ -186,9 +187,9 @@ class Gateway:
         """
         out: list = []
         s = self.settings
-        if s.think is not ThinkMode.KEEP:
+        if self._thinks:
             out.append(ThinkTransform(s.think, s.think_patterns, choices))
-        if s.restore_model and asked and served and asked != served:
+        if self._restores and asked and served and asked != served:
             out.append(ModelRestore(asked))
         return out
 
