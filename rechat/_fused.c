@@ -241,14 +241,136 @@ event(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+/* The stream's last event, which `events` passes on as is after its events. */
+static const char DONE[] = "data: [DONE]\n\n";
+#define DONE_LEN 14
+
+/* The index of the first LF in s[from:n], or -1 when there is none; -2 when, with `key`, a
+   ``"model"`` starts before it (at `from` or after). With SSE2, one pass over 16 places at
+   a time looks for both (find_key's test beside a compare with LF); else memchr, then
+   find_key before the LF. */
+static Py_ssize_t
+line_end(const char *s, Py_ssize_t from, Py_ssize_t n, int key)
+{
+    Py_ssize_t i = from;
+#if defined(__SSE2__)
+    const __m128i nl = _mm_set1_epi8('\n'), m = _mm_set1_epi8('m'), l = _mm_set1_epi8('l');
+    for (; i + 22 <= n; i += 16) {  /* the places i..i+15, each with its 7 bytes in s */
+        __m128i a = _mm_loadu_si128((const __m128i *)(s + i));
+        unsigned int lf = (unsigned int)_mm_movemask_epi8(_mm_cmpeq_epi8(a, nl));
+        if (key) {
+            __m128i b = _mm_loadu_si128((const __m128i *)(s + i + 1));
+            __m128i c = _mm_loadu_si128((const __m128i *)(s + i + 5));
+            unsigned int mask = (unsigned int)_mm_movemask_epi8(
+                _mm_and_si128(_mm_cmpeq_epi8(b, m), _mm_cmpeq_epi8(c, l)));
+            if (lf)  /* only places before the LF: a key holds no LF */
+                mask &= (1u << __builtin_ctz(lf)) - 1;
+            while (mask) {
+                int bit = __builtin_ctz(mask);
+                if (memcmp(s + i + bit, KEY, KEY_LEN) == 0)
+                    return -2;
+                mask &= mask - 1;
+            }
+        }
+        if (lf)
+            return i + __builtin_ctz(lf);
+    }
+#endif
+    const char *q = memchr(s + i, '\n', (size_t)(n - i));
+    if (q == NULL)
+        return -1;
+    if (key && find_key(s + i, q - s - i) >= 0)
+        return -2;
+    return q - s;
+}
+
 PyDoc_STRVAR(events_doc,
 "events(data, count, plan) -> bytes | None\n\n"
-"`event` over `count` events side by side (rechat.rewrite.SSEStreamRewriter._bulk): when\n"
-"`data` (bytes) is exactly `count` events that `event` would each take, return `data`\n"
-"(`new` None) or the events with each head swapped for `new`; otherwise None (the caller\n"
-"takes them one by one). The stops are looked for once over `data`, the rest event by\n"
-"event. Raises\n"
-"TypeError only for wrong arguments, MemoryError when out of memory.");
+"`event` over `count` events side by side (rechat.rewrite.SSEStreamRewriter._bulk,\n"
+"rechat.modelmap.ModelRestore.feed_raw_events): when `data` (bytes) is exactly `count`\n"
+"events that `event` would each take, maybe followed by the stream's last event\n"
+"``data: [DONE]\\n\\n``, return `data` (`new` None) or the events with each head swapped\n"
+"for `new`, that last event as it is; otherwise None (the caller takes them one by one).\n"
+"The stops are looked for once over the events, the rest event by event. Raises TypeError\n"
+"only for wrong arguments, MemoryError when out of memory.");
+
+/* `events` over s[0:n] under `pl`: the bytes, a new reference to `data` when nothing is
+   renamed, None (a new reference) when the events are not taken, NULL on error. */
+static PyObject *
+events_under(PyObject *data, const char *s, Py_ssize_t n, Py_ssize_t count, const Plan *pl)
+{
+    Py_ssize_t pos = 0, h = pl->h, done = 0;
+    if (n >= DONE_LEN && memcmp(s + n - DONE_LEN, DONE, DONE_LEN) == 0) {
+        n -= DONE_LEN;  /* the events before it */
+        done = DONE_LEN;
+    }
+    /* The stops hold for the events as for each of them, so they are looked for once over
+       them all; a stop that starts with a backslash only when they hold one (an event
+       without any cannot hold it). */
+    int slash = memchr(s, '\\', (size_t)n) != NULL;
+    if (holds_any(s, n, pl->stops, slash))
+        Py_RETURN_NONE;
+    /* The tail stops: the key by line_end, the others (those that start with a backslash
+       only when there is one) by holds. */
+    int key = 0, others = 0;
+    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(pl->tail); j++) {
+        PyObject *stop = PyTuple_GET_ITEM(pl->tail, j);
+        if (PyBytes_GET_SIZE(stop) == KEY_LEN && memcmp(PyBytes_AS_STRING(stop), KEY, KEY_LEN) == 0)
+            key = 1;
+        else if (slash || PyBytes_GET_SIZE(stop) == 0 || PyBytes_AS_STRING(stop)[0] != '\\')
+            others = 1;
+    }
+    /* A head with a LF: each event would end inside it, as no event can (see takes_one). */
+    if (memchr(pl->head, '\n', (size_t)h) != NULL)
+        Py_RETURN_NONE;
+    /* Each event: the head, then its first LF, which must be the first of its blank line,
+       after the closing brace; no tail stop after the head. The ends of the first events
+       are kept for the copy below. */
+    Py_ssize_t ends[64];
+    for (Py_ssize_t c = 0; c < count; c++) {
+        if (n - pos < h + 3 || memcmp(s + pos, pl->head, (size_t)h) != 0)
+            Py_RETURN_NONE;
+        Py_ssize_t lf = line_end(s, pos + h, n, key);
+        if (lf < pos + h + 1 || lf + 1 >= n || s[lf + 1] != '\n' || s[lf - 1] != '}')
+            Py_RETURN_NONE;
+        Py_ssize_t end = lf + 2;
+        if (others) {
+            PyObject *tail = pl->tail;
+            for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(tail); j++) {
+                PyObject *stop = PyTuple_GET_ITEM(tail, j);
+                const char *p = PyBytes_AS_STRING(stop);
+                Py_ssize_t m = PyBytes_GET_SIZE(stop);
+                if (!(m == KEY_LEN && memcmp(p, KEY, KEY_LEN) == 0)
+                        && (slash || m == 0 || p[0] != '\\')
+                        && holds(s + pos + h, end - pos - h, p, m))
+                    Py_RETURN_NONE;
+            }
+        }
+        if (c < 64)
+            ends[c] = end;
+        pos = end;
+    }
+    if (pos != n)
+        Py_RETURN_NONE;
+    if (pl->new == NULL)
+        return Py_NewRef(data);
+    Py_ssize_t k = pl->k;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n + done + count * (k - h));
+    if (out == NULL)
+        return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    pos = 0;
+    for (Py_ssize_t c = 0; c < count; c++) {
+        Py_ssize_t end = c < 64 ? ends[c]
+            : (const char *)memchr(s + pos + h, '\n', (size_t)(n - pos - h)) - s + 2;
+        memcpy(o, pl->new, (size_t)k);
+        memcpy(o + k, s + pos + h, (size_t)(end - pos - h));
+        o += k + end - pos - h;
+        pos = end;
+    }
+    memcpy(o, DONE, (size_t)done);
+    return out;
+}
 
 static PyObject *
 events(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -265,46 +387,7 @@ events(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Plan pl;
     if (count < 1 || !PyBytes_CheckExact(data) || !read_plan(args[2], &pl))
         Py_RETURN_NONE;
-    const char *s = PyBytes_AS_STRING(data);
-    Py_ssize_t n = PyBytes_GET_SIZE(data), pos = 0;
-    /* The stops hold for the piece as for each event in it (the events are the whole piece),
-       so they are looked for once over it; a stop that starts with a backslash only when
-       the piece has one (an event without any cannot hold it). */
-    int slash = memchr(s, '\\', (size_t)n) != NULL;
-    if (holds_any(s, n, pl.stops, slash))
-        Py_RETURN_NONE;
-    /* Each event ends at its first LF, which must be the first of its blank line. The ends
-       of the first events are kept for the copy below. */
-    Py_ssize_t ends[64];
-    for (Py_ssize_t c = 0; c < count; c++) {
-        const char *lf = memchr(s + pos, '\n', (size_t)(n - pos));
-        if (lf == NULL || lf + 1 >= s + n)
-            Py_RETURN_NONE;
-        Py_ssize_t end = lf - s + 2;
-        if (!takes_one(s + pos, end - pos, &pl, slash, 1))  /* its first LF: found above */
-            Py_RETURN_NONE;
-        if (c < 64)
-            ends[c] = end;
-        pos = end;
-    }
-    if (pos != n)
-        Py_RETURN_NONE;
-    if (pl.new == NULL)
-        return Py_NewRef(data);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, n + count * (pl.k - pl.h));
-    if (out == NULL)
-        return NULL;
-    char *o = PyBytes_AS_STRING(out);
-    pos = 0;
-    for (Py_ssize_t c = 0; c < count; c++) {
-        Py_ssize_t end = c < 64 ? ends[c]
-            : (const char *)memchr(s + pos, '\n', (size_t)(n - pos)) - s + 2;
-        memcpy(o, pl.new, (size_t)pl.k);
-        memcpy(o + pl.k, s + pos + pl.h, (size_t)(end - pos - pl.h));
-        o += pl.k + end - pos - pl.h;
-        pos = end;
-    }
-    return out;
+    return events_under(data, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), count, &pl);
 }
 
 

@@ -497,7 +497,7 @@ class ModelRestore:
         """`feed_raw` over `count` whole SSE events ``data: X\\n\\n`` side by side, in one go:
         the events with every X renamed, when each X starts with the bytes of a chunk already
         renamed (or of the first X, located then) and holds no other ``"model"``; else None
-        (take them one by one). Every event is then an object: never ``[DONE]``."""
+        (take them one by one). A ``data: [DONE]\\n\\n`` after them is passed on as is."""
         memo = self._memo
         if memo is None:
             # Locate the model in the first event (kept for the rest, and the next pieces).
@@ -524,6 +524,14 @@ class ModelRestore:
                 plan = self._events_plan = ((), b"data: " + head,
                                             None if new is head else b"data: " + new, _RULE_TAIL)
             return _fused_events(events, count, plan)
+        if events[-14:] != b"data: [DONE]\n\n":
+            return self._renamed(events, count, head, new, cut)
+        got = self._renamed(events[:-14], count, head, new, cut)
+        return None if got is None else events if new is head else got + events[-14:]
+
+    @staticmethod
+    def _renamed(events: bytes, count: int, head: bytes, new: bytes, cut: int) -> bytes | None:
+        # feed_raw_events' Python path, for the events before any [DONE].
         old = b"data: " + head
         # Each blank line but the last is "}\n\n" + `old` and the first event starts with it:
         # every event does, and ends its object (`old` has unescaped quotes: it occurs only

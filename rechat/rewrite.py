@@ -18,8 +18,9 @@ decoding and re-encoding: ``passes(raw, whole) -> bool`` (True: every object in 
 `raw` passes unchanged) and ``feed_raw(raw, whole) -> bytes | None`` (the JSON bytes `feed`
 would turn the one object `raw` into, as a single object and without any change of state;
 None: decode and `feed`), ``feed_raw_events(events, count) -> bytes | None``, the same over
-several whole SSE events (a transform's own must decline unless every event is an object
-it has taken, never a ``[DONE]``), and ``raw_rule() -> (stops, head, new_head, tail_stops, cut) |
+several whole SSE events, which may be followed by the stream's last event
+``data: [DONE]\n\n``, passed on as is (a transform's own must decline unless every other
+event is an object it has taken), and ``raw_rule() -> (stops, head, new_head, tail_stops, cut) |
 None``: while the state stays as it is, the JSON bytes of an object that start with `head`,
 hold none of `stops`, none of `tail_stops` after `head` and end with ``}`` turn into
 `new_head` + the rest (None: no rule now); `cut` is 0, or where the two heads start to differ
@@ -154,9 +155,13 @@ def _raw_events_of(t: ObjectTransform):
     passes = getattr(t, "passes", None)
     if passes is None:
         return lambda events, count: None
-    # A [DONE] among the events must end the transforms first: take them one by one then.
-    return lambda events, count: (events if events.find(b"[DONE]") < 0 and passes(events)
-                                  else None)
+
+    def many(events: bytes, count: int) -> bytes | None:
+        # A [DONE] among the events must end the transforms first: take them one by one
+        # then. One that ends them is passed on (the caller ends the transforms before it).
+        body = events[:-14] if events[-14:] == _DONE else events
+        return events if body.find(b"[DONE]") < 0 and passes(body) else None
+    return many
 
 
 def _dumps(obj: Any) -> bytes:
@@ -181,6 +186,7 @@ def rewrite_json(body: bytes, transforms: Sequence[ObjectTransform]) -> bytes:
 # -- byte streams ----------------------------------------------------------------------------
 
 _BOM = b"\xef\xbb\xbf"
+_DONE = b"data: [DONE]\n\n"  # the usual last event of a stream
 
 # A first transform an SSE rewriter is to set aside, not made yet (`SSEStreamRewriter`'s
 # `aside`): (what makes it fresh, the stops its fresh `deferral_stops()` gives, and whether
@@ -543,9 +549,10 @@ class SSEStreamRewriter:
             whole = self._bulk(plan, head, count)
             if whole is not None:
                 return whole
-        # A last [DONE] ends the transforms after the events before it (as the loop below).
-        done = head.endswith(b"data: [DONE]\n\n")
-        new, n = (head[:-14], count - 1) if done else (head, count)
+        # A last [DONE] ends the transforms after the events before it (as the loop below);
+        # the transforms' feed_raw_events pass it on.
+        done = head[-14:] == _DONE
+        new, n = head, count - 1 if done else count
         if n:
             many_of = self._many
             if many_of is None and len(self.transforms) == 1:
@@ -559,7 +566,7 @@ class SSEStreamRewriter:
                 if new is None:
                     break
             else:
-                return new + self._done() if done else new
+                return self._before_done(new) if done else new
         out = []
         values = head[6:-2].split(b"\n\ndata: ")
         pos, tries = 0, 2  # pos: where the next event starts in head
@@ -607,16 +614,18 @@ class SSEStreamRewriter:
         with the C helper (`rechat.speedups.events`), each event is checked as the fused path
         checks one, which takes the same pieces but for corner cases that then go one by one.
         """
-        done = events[-14:] == b"data: [DONE]\n\n"
+        done = events[-14:] == _DONE
+        if count > done and _fused_events is not None:
+            # Event by event in C (rechat/_fused.c), which passes a last [DONE] on: a C scan
+            # of a few KB for each of the checks below costs more than walking the events once.
+            events = _fused_events(events, count - done, plan)
+            if events is not None and done:
+                events = self._before_done(events)
+                self._plan = None  # the transforms ended: feed() works out the next plan
+            return events
         if done:
             events, count = events[:-14], count - 1
-        if count and _fused_events is not None:
-            # Event by event in C (rechat/_fused.c): a C scan of a few KB for each of the
-            # checks below costs more than walking the events once.
-            events = _fused_events(events, count, plan)
-            if events is None:
-                return None
-        elif count:
+        if count:
             stops, head, new, tail_stops, cut = plan
             rule = self._bulk_rule
             if rule is None or rule[0] is not plan:
@@ -746,7 +755,15 @@ class SSEStreamRewriter:
     def _done(self) -> bytes:
         """The bytes for a ``data: [DONE]`` event: the transforms' `end()` objects first,
         unless they have been given already."""
-        return (b"" if self._ended else self._end()) + b"data: [DONE]\n\n"
+        return (b"" if self._ended else self._end()) + _DONE
+
+    def _before_done(self, out: bytes) -> bytes:
+        """`out`, which ends with a ``data: [DONE]`` event, with the transforms' `end()`
+        objects before that event, unless they have been given already (as `_done`)."""
+        if self._ended:
+            return out
+        ends = self._end()
+        return out[:-14] + ends + _DONE if ends else out
 
     def _end(self) -> bytes:
         self._ended = True

@@ -75,16 +75,21 @@ _EVENT = st.tuples(st.sampled_from([HEAD, HEAD, NEW, b"data: {"]), _BODY,
                    ).map(b"".join)
 
 
+DONE = b"data: [DONE]\n\n"
+
+
 @settings(max_examples=400, deadline=None)
 @given(evs=st.lists(_EVENT, min_size=1, max_size=5), new=st.sampled_from([None, NEW]),
-       tail=st.sampled_from([TAIL, ()]), extra=st.sampled_from([b"", b"x", b"\n"]),
+       tail=st.sampled_from([TAIL, (), (b'"model"',), (b"\\u",)]),
+       extra=st.sampled_from([b"", b"x", b"\n", DONE, DONE, b"\n" + DONE, DONE + b"x", DONE + DONE]),
        off=st.sampled_from([0, 0, 1, -1]))
 def test_events_is_event_over_each(evs, new, tail, extra, off):
     plan = (STOPS, HEAD, new, tail, 0)
     data = b"".join(evs) + extra
     each = [rule(e, plan) for e in evs]
-    # Exactly `count` events the rule takes each, nothing after them: their results, joined.
-    want = (b"".join(each) if not extra and not off and None not in each
+    # Exactly `count` events the rule takes each, then nothing or the stream's last event as
+    # it is: their results, joined.
+    want = (b"".join(each) + extra if extra in (b"", DONE) and not off and None not in each
             and all(e.count(b"\n") == 2 for e in evs) else None)
     got = _fused.events(data, len(evs) + off, plan)
     assert got == want
@@ -93,15 +98,34 @@ def test_events_is_event_over_each(evs, new, tail, extra, off):
 
 
 @pytest.mark.parametrize("count", [63, 64, 65, 200])
-def test_events_renames_a_piece_of_more_events_than_it_keeps_the_ends_of(count):
+@pytest.mark.parametrize("last", [b"", DONE])
+def test_events_renames_a_piece_of_more_events_than_it_keeps_the_ends_of(count, last):
     # `events` keeps the ends of the first 64 events for its copy and finds the rest again.
     evs = [HEAD + b',"choices":[{"delta":{"content":"' + b"x" * (i % 7) + b'"}}]}\n\n'
            for i in range(count)]
-    got = _fused.events(b"".join(evs), count, (STOPS, HEAD, NEW, TAIL, 0))
-    assert got == b"".join(NEW + e[len(HEAD):] for e in evs)
+    got = _fused.events(b"".join(evs) + last, count, (STOPS, HEAD, NEW, TAIL, 0))
+    assert got == b"".join(NEW + e[len(HEAD):] for e in evs) + last
     # The last event holds a stop: the whole piece is declined.
     evs[-1] = evs[-1].replace(b'"content":"', b'"content":"<')
     assert _fused.events(b"".join(evs), count, (STOPS, HEAD, NEW, TAIL, 0)) is None
+
+
+def test_events_finds_each_end_and_a_key_in_a_tail_at_every_offset():
+    # `events` looks for an event's end and a key after its head 16 places at a time where
+    # it can: the next event's head, whose key comes right after the blank line, must not
+    # count for the event before it; a key anywhere in a tail must.
+    head, new = b'data: {"model":"served-7"', b'data: {"model":"asked"'
+    plan = ((b"\r", b"<"), head, new, TAIL, 0)
+    for size in range(0, 60):
+        evs = [head + b',"c":"' + b"m" * ((size + i) % 40) + b'l"}\n\n' for i in range(4)]
+        want = b"".join(new + e[len(head):] for e in evs)
+        for last in (b"", DONE):
+            assert _fused.events(b"".join(evs) + last, 4, plan) == want + last, size
+        for at in range(len(head), len(evs[1]) - 9):
+            keyed = evs[1][:at] + b'"model"' + evs[1][at:]
+            assert _fused.events(b"".join([evs[0], keyed, *evs[2:]]), 4, plan) is None, (size, at)
+            near = evs[1][:at] + b'"mode1"' + evs[1][at:]
+            assert _fused.events(b"".join([evs[0], near, *evs[2:]]), 4, plan) is not None
 
 
 @settings(max_examples=300, deadline=None)

@@ -372,6 +372,29 @@ def test_a_whole_stream_in_one_piece_is_renamed_in_one_go():
     assert out == byte_by_byte(data, [ThinkTransform("strip"), ModelRestore("gpt-4")])
 
 
+class _RestoreThenSign(ModelRestore):
+    """A model restore that adds one object when the stream ends (as a transform may)."""
+
+    __slots__ = ()
+
+    def end(self) -> list[dict]:
+        return [{"object": "signature"}]
+
+
+def test_objects_a_transform_adds_at_the_end_come_before_a_done_in_a_whole_piece():
+    # The byte paths pass a last [DONE] on with the events before it: the transforms'
+    # end() objects must still go out before it, as on the general path.
+    data = FUSED_STREAMS["plain"].replace(b'"model":"m"', b'"model":"llama3"')
+    slow = byte_by_byte(data, [_RestoreThenSign("gpt-4")])
+    assert slow.endswith(b'data: {"object":"signature"}\n\ndata: [DONE]\n\n')
+    evs = re.split(b"(?<=\n\n)", data)
+    for groups in ([data], [evs[0], b"".join(evs[1:])], [b"".join(evs[:2]), b"".join(evs[2:])]):
+        rw = SSEStreamRewriter([_RestoreThenSign("gpt-4")])
+        assert b"".join(rw.feed(g) for g in groups) + rw.close() == slow
+        assert relayed(groups, [_RestoreThenSign("gpt-4")]) == slow
+        assert relayed(groups, [ThinkTransform("strip"), _RestoreThenSign("gpt-4")]) == slow
+
+
 @pytest.mark.parametrize("chain", ["strip+restore", "tags+restore", "strip", "restore"])
 @pytest.mark.parametrize("name", ["plain", "marker-after-fast", "leading-ws", "crlf-later",
                                   "multi-data-later", "nested-model-later"])
