@@ -1,9 +1,10 @@
 /* rechat._fused: the gateway's hot byte tests in C, imported through rechat/speedups.py.
 
-Owns six byte tests, each the C form of Python that stays beside its caller and gives the
+Owns seven byte tests, each the C form of Python that stays beside its caller and gives the
 same answer: `event` and `events`, the SSE stream rewriter's fused path for a piece of one
 event or of several (`rechat.rewrite.SSEStreamRewriter.feed` and `_bulk`, the rule in its
-class docstring and `_make_plan`; `rechat.modelmap.ModelRestore.feed_raw_events`), `touches`,
+class docstring and `_make_plan`; `rechat.modelmap.ModelRestore.feed_raw_events`), with
+`learn_events` for a stream's first piece (`learn`, then `events`), `touches`,
 whether a piece concerns the transform that rewriter has set aside (`feed`),
 `locate`, the model's place in an answer of the usual shape (`rechat.modelmap._locate`),
 `learn`, the same kept for a stream's next chunks (`rechat.modelmap.ModelRestore._learn`), and
@@ -468,6 +469,38 @@ PyDoc_STRVAR(learn_doc,
 "included), or `head` itself when the value is `asked` already, and `cut` the index of the\n"
 "key. None when `locate` would give None.");
 
+/* `learn`'s memo for the chunk s[0:n]: its three parts as new references, 1; 0 when `place`
+   does not take the chunk; -1 on error. */
+static int
+memo_of(const char *s, Py_ssize_t n, PyObject *asked, PyObject **head, PyObject **new,
+        PyObject **cut)
+{
+    Py_ssize_t v, e, i, a = PyBytes_GET_SIZE(asked);
+    if (!place(s, n, &v, &e, &i))
+        return 0;
+    *head = PyBytes_FromStringAndSize(s, e + 1);
+    if (*head == NULL)
+        return -1;
+    if (e + 1 - v == a && memcmp(s + v, PyBytes_AS_STRING(asked), (size_t)a) == 0)
+        *new = Py_NewRef(*head);
+    else {
+        *new = PyBytes_FromStringAndSize(NULL, v + a);
+        if (*new == NULL) {
+            Py_DECREF(*head);
+            return -1;
+        }
+        memcpy(PyBytes_AS_STRING(*new), s, (size_t)v);
+        memcpy(PyBytes_AS_STRING(*new) + v, PyBytes_AS_STRING(asked), (size_t)a);
+    }
+    *cut = PyLong_FromSsize_t(i);
+    if (*cut == NULL) {
+        Py_DECREF(*head);
+        Py_DECREF(*new);
+        return -1;
+    }
+    return 1;
+}
+
 static PyObject *
 learn(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -475,32 +508,90 @@ learn(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "learn() takes 2 arguments (raw, asked)");
         return NULL;
     }
-    PyObject *raw = args[0], *asked = args[1];
+    PyObject *raw = args[0], *asked = args[1], *head, *new, *cut;
     if (!PyBytes_CheckExact(raw) || !PyBytes_CheckExact(asked))
         Py_RETURN_NONE;
-    const char *s = PyBytes_AS_STRING(raw);
-    Py_ssize_t v, e, i, a = PyBytes_GET_SIZE(asked);
-    if (!place(s, PyBytes_GET_SIZE(raw), &v, &e, &i))
-        Py_RETURN_NONE;
-    PyObject *head = PyBytes_FromStringAndSize(s, e + 1), *new, *cut;
-    if (head == NULL)
-        return NULL;
-    if (e + 1 - v == a && memcmp(s + v, PyBytes_AS_STRING(asked), (size_t)a) == 0)
-        new = Py_NewRef(head);
-    else {
-        new = PyBytes_FromStringAndSize(NULL, v + a);
-        if (new == NULL) {
-            Py_DECREF(head);
-            return NULL;
-        }
-        memcpy(PyBytes_AS_STRING(new), s, (size_t)v);
-        memcpy(PyBytes_AS_STRING(new) + v, PyBytes_AS_STRING(asked), (size_t)a);
-    }
-    cut = PyLong_FromSsize_t(i);
-    PyObject *out = cut == NULL ? NULL : PyTuple_Pack(3, head, new, cut);
+    int got = memo_of(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), asked, &head, &new, &cut);
+    if (got <= 0)
+        return got < 0 ? NULL : Py_NewRef(Py_None);
+    PyObject *out = PyTuple_Pack(3, head, new, cut);
     Py_DECREF(head);
     Py_DECREF(new);
-    Py_XDECREF(cut);
+    Py_DECREF(cut);
+    return out;
+}
+
+/* b"data: " + b, a new reference or NULL. */
+static PyObject *
+data_line(PyObject *b)
+{
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 6 + PyBytes_GET_SIZE(b));
+    if (out != NULL) {
+        memcpy(PyBytes_AS_STRING(out), "data: ", 6);
+        memcpy(PyBytes_AS_STRING(out) + 6, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
+    }
+    return out;
+}
+
+PyDoc_STRVAR(learn_events_doc,
+"learn_events(events, count, asked, tail) -> (out, memo, plan) | None\n\n"
+"rechat.modelmap.ModelRestore.feed_raw_events for a stream's first piece, in one call: the\n"
+"memo `learn` gives for the first event's JSON (`events` from its 7th byte to its first LF,\n"
+"which must start its blank line), the plan for `events` made of it,\n"
+"``((), b\"data: \" + head, None if new_head is head else b\"data: \" + new_head, tail)``,\n"
+"and `out`, what `events(events, count, plan)` gives. None when the first event is not of\n"
+"that shape or `learn` declines its JSON (the caller then takes its Python path). Raises\n"
+"TypeError only for wrong arguments, MemoryError when out of memory.");
+
+static PyObject *
+learn_events(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "learn_events() takes 4 arguments (events, count: int, asked, tail)");
+        return NULL;
+    }
+    Py_ssize_t count = PyLong_AsSsize_t(args[1]);
+    if (count == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *data = args[0], *asked = args[2], *tail = args[3];
+    if (!PyBytes_CheckExact(data) || !PyBytes_CheckExact(asked) || !bytes_tuple(tail))
+        Py_RETURN_NONE;
+    const char *s = PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    const char *lf = memchr(s, '\n', (size_t)n);
+    if (lf == NULL || lf - s < 6 || lf + 1 >= s + n || lf[1] != '\n')
+        Py_RETURN_NONE;
+    PyObject *head, *new, *cut;
+    int got = memo_of(s + 6, lf - s - 6, asked, &head, &new, &cut);
+    if (got <= 0)
+        return got < 0 ? NULL : Py_NewRef(Py_None);
+    PyObject *out = NULL, *memo = NULL, *plan = NULL, *stops = NULL;
+    PyObject *line = data_line(head);
+    PyObject *new_line = new == head ? Py_NewRef(Py_None) : data_line(new);
+    if (line == NULL || new_line == NULL || (stops = PyTuple_New(0)) == NULL)
+        goto done;
+    plan = PyTuple_Pack(4, stops, line, new_line, tail);
+    memo = PyTuple_Pack(3, head, new, cut);
+    if (plan == NULL || memo == NULL)
+        goto done;
+    Plan pl = {stops, tail, PyBytes_AS_STRING(line),
+               new_line == Py_None ? NULL : PyBytes_AS_STRING(new_line),
+               PyBytes_GET_SIZE(line), new_line == Py_None ? 0 : PyBytes_GET_SIZE(new_line)};
+    PyObject *renamed = count < 1 ? Py_NewRef(Py_None) : events_under(data, s, n, count, &pl);
+    if (renamed != NULL) {
+        out = PyTuple_Pack(3, renamed, memo, plan);
+        Py_DECREF(renamed);
+    }
+done:
+    Py_DECREF(head);
+    Py_DECREF(new);
+    Py_DECREF(cut);
+    Py_XDECREF(line);
+    Py_XDECREF(new_line);
+    Py_XDECREF(stops);
+    Py_XDECREF(memo);
+    Py_XDECREF(plan);
     return out;
 }
 
@@ -587,6 +678,7 @@ static PyMethodDef methods[] = {
     {"locate", locate, METH_O, locate_doc},
     {"swap", (PyCFunction)(void (*)(void))swap, METH_FASTCALL, swap_doc},
     {"learn", (PyCFunction)(void (*)(void))learn, METH_FASTCALL, learn_doc},
+    {"learn_events", (PyCFunction)(void (*)(void))learn_events, METH_FASTCALL, learn_events_doc},
     {"touches", (PyCFunction)(void (*)(void))touches, METH_FASTCALL, touches_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -40,6 +40,7 @@ from typing import Any, Mapping
 from rechat.errors import ConfigError
 # None: the Python beside each caller (the same answers)
 from rechat.speedups import events as _fused_events, learn as _fused_learn, locate as _fused_locate
+from rechat.speedups import learn_events as _fused_learn_events
 from rechat.speedups import swap as _fused_swap
 
 __all__ = ["ModelMap", "restore_response_model", "ModelRestore", "rewrite_request_bytes"]
@@ -501,20 +502,22 @@ class ModelRestore:
         memo = self._memo
         if memo is None:
             # Locate the model in the first event (kept for the rest, and the next pieces).
+            if _fused_learn_events is not None:
+                # The usual first piece in one C call (rechat/_fused.c): `_learn` over the
+                # first event, then the C pass below under the plan made of its memo.
+                got = _fused_learn_events(events, count, self._asked_raw, _RULE_TAIL)
+                if got is not None:
+                    out, self._memo, self._events_plan = got
+                    return out
             # The events are one line each: the first LF starts the first blank line (one
             # byte is found with a memchr; two by a general search, 1,300 instructions more).
+            # (The C learn, were it built, declined above.)
             end = events.find(b"\n")
             if end < 6 or events[end + 1:end + 2] != b"\n":
                 return None
-            # (`_learn`'s C call here: a Python call less on every stream)
-            memo = (_fused_learn(events[6:end], self._asked_raw) if _fused_learn is not None
-                    else None)
-            if memo is not None:
-                self._memo, self._events_plan = memo, None
-            else:
-                memo = self._learn_in_python(events[6:end])
-                if memo is None or memo is _ABSENT:
-                    return None
+            memo = self._learn_in_python(events[6:end])
+            if memo is None or memo is _ABSENT:
+                return None
         head, new, cut = memo
         if _fused_events is not None:
             # Event by event in C (rechat/_fused.c), under the rule `raw_rule` states; its

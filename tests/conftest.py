@@ -40,6 +40,7 @@ def both_paths(request, monkeypatch):
         monkeypatch.setattr("rechat.modelmap._fused_events", None)
         monkeypatch.setattr("rechat.modelmap._fused_swap", None)
         monkeypatch.setattr("rechat.modelmap._fused_learn", None)
+        monkeypatch.setattr("rechat.modelmap._fused_learn_events", None)
     elif speedups.event is None:
         pytest.skip("rechat._fused is not built, or RECHAT_NO_EXTENSIONS is set")
     return request.param

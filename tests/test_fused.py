@@ -222,6 +222,35 @@ def test_locate_agrees_with_the_python_it_stands_for(before, after, model, has_m
             assert learned[1] is learned[0]  # unchanged: the head itself, as _learn keeps it
 
 
+@settings(max_examples=300, deadline=None)
+@given(first=st.sampled_from([b'{"id":"c1","model":"served-7","x":1}', b'{"id":"c1","model":"asked"}',
+                              b'{"model":1}', b'{"a":{"model":"m"}}', b'{"id":"c1"}', b"[DONE]",
+                              b'{"id":"c1","model":"served-7"']),
+       rest=st.lists(st.sampled_from([b'{"id":"c1","model":"served-7","c":"a"}',
+                                      b'{"id":"c1","model":"served-7","c":"<\\u"}',
+                                      b'{"id":"c1","model":"asked","c":"b"}', b'{"id":"c2"}',
+                                      b'{"id":"c1","model":"served-7","model":"x"}']), max_size=4),
+       frame=st.sampled_from([b"data: ", b"data:", b"data: data: "]),
+       last=st.sampled_from([b"", DONE, b"\n"]), off=st.sampled_from([0, 0, 1, -1]),
+       asked=st.sampled_from([b'"asked"', b'"served-7"']))
+def test_learn_events_is_learn_then_events(first, rest, frame, last, off, asked):
+    # ModelRestore.feed_raw_events' first piece: learn over the first event's JSON, then
+    # events under the plan made of the memo.
+    data = b"".join(frame + x + b"\n\n" for x in [first, *rest]) + last
+    count = 1 + len(rest) + off
+    lf = data.find(b"\n")
+    memo = (_fused.learn(data[6:lf], asked)
+            if lf >= 6 and data[lf + 1:lf + 2] == b"\n" else None)
+    got = _fused.learn_events(data, count, asked, TAIL)
+    if memo is None:
+        assert got is None
+        return
+    head, new, cut = memo
+    plan = ((), b"data: " + head, None if new is head else b"data: " + new, TAIL)
+    assert got == (_fused.events(data, count, plan), memo, plan)
+    assert (got[1][1] is got[1][0]) is (new is head) and (got[2][2] is None) is (new is head)
+
+
 def test_the_key_is_found_at_every_offset_and_a_second_one_anywhere_after():
     # The key search takes 16 places at a time where it can, and the last ones one by one:
     # a key at any offset, and a second key (which must decline) at any offset after it.
@@ -252,6 +281,10 @@ def test_locate_leaves_unusual_bodies_to_python():
     assert _fused.learn(b'{"model":"m"}', "m") is None  # bytes only
     with pytest.raises(TypeError):
         _fused.learn(b"{}")
+    assert _fused.learn_events(bytearray(b'data: {"model":"m"}\n\n'), 1, b'"a"', TAIL) is None
+    assert _fused.learn_events(b'data: {"model":"m"}\n\n', 1, b'"a"', [b"x"]) is None
+    with pytest.raises(TypeError):
+        _fused.learn_events(b'data: {"model":"m"}\n\n', 1, b'"a"')
 
 
 # -- swap ----------------------------------------------------------------------------------
@@ -297,10 +330,11 @@ def test_swap_leaves_unusual_bodies_to_python_and_checks_its_arguments():
 
 
 def test_no_extensions_turns_the_c_helpers_off():
-    code = "from rechat import speedups; print(speedups.BUILT, speedups.event, speedups.locate)"
+    code = ("from rechat import speedups; "
+            "print(speedups.BUILT, *(getattr(speedups, x) for x in speedups.__all__[1:]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "RECHAT_NO_EXTENSIONS": "1"}).stdout
-    assert out.split() == ["True", "None", "None"]
+    assert out.split() == ["True"] + ["None"] * (len(speedups.__all__) - 1)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={k: v for k, v in os.environ.items()
                               if k != "RECHAT_NO_EXTENSIONS"}).stdout
