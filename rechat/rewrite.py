@@ -543,8 +543,13 @@ class SSEStreamRewriter:
             count = len(lines)
             if cut < len(data):
                 self._partial.append(data[cut:])
-        self._first_line = False  # data: starts the stream's first line, so no BOM
-        plan = known if known is not None else self._make_plan()
+        if self._first_line:
+            # The stream's first piece: no plan is looked for, as its transforms are fresh
+            # and learn from its first events (a model restore where the model is, say);
+            # their feed_raw_events below take it in one go as well.
+            self._first_line, plan = False, None  # (data: starts the first line: no BOM)
+        else:
+            plan = known if known is not None else self._make_plan()
         if plan is not None and plan != tried:
             whole = self._bulk(plan, head, count)
             if whole is not None:
