@@ -23,7 +23,8 @@ import aiohttp
 from rechat import http1
 from rechat.exchange import Request
 from rechat.modelmap import ModelMap, ModelRestore, rewrite_request_bytes
-from rechat.rewrite import Aside, NDJSONStreamRewriter, SSEStreamRewriter, stream_rewriter
+from rechat.rewrite import (Aside, NDJSONStreamRewriter, SSEStreamRewriter, make_aside,
+                            stream_rewriter)
 from rechat.routes import Balancer, Route, auth_headers, check_keys, merge_models
 from rechat.think import ThinkMode, ThinkPatterns, ThinkTransform, no_think
 from rechat.upstream import Upstream
@@ -213,9 +214,8 @@ class Gateway:
             if len(self._asides) >= 16:  # (`n` is the client's: bounded)
                 self._asides.clear()
             make = functools.partial(ThinkTransform, s.think, s.think_patterns, choices)
-            # A fresh transform's stops (deferral_stops() is not None: the mode is not keep).
-            stops, escape = make().deferral_stops()
-            aside = self._asides[choices] = (make, stops, escape)
+            # (a fresh transform has deferral stops: the mode is not keep)
+            aside = self._asides[choices] = make_aside(make)
         return stream_rewriter(content_type, rest, aside)
 
     async def models(self, headers: list[tuple[str, str]], path: str) -> dict[str, Any]:

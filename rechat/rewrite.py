@@ -51,8 +51,8 @@ from rechat.sse import whole_data_lines
 from rechat.speedups import event as _fused_event, events as _fused_events
 from rechat.speedups import touches as _fused_touches
 
-__all__ = ["ObjectTransform", "rewrite_json", "SSEStreamRewriter", "NDJSONStreamRewriter",
-           "stream_rewriter"]
+__all__ = ["Aside", "ObjectTransform", "rewrite_json", "SSEStreamRewriter", "NDJSONStreamRewriter",
+           "make_aside", "stream_rewriter"]
 
 
 class ObjectTransform(Protocol):
@@ -189,9 +189,21 @@ _BOM = b"\xef\xbb\xbf"
 _DONE = b"data: [DONE]\n\n"  # the usual last event of a stream
 
 # A first transform an SSE rewriter is to set aside, not made yet (`SSEStreamRewriter`'s
-# `aside`): (what makes it fresh, the stops its fresh `deferral_stops()` gives, and whether
-# ``\\u`` is one).
-Aside = tuple[Callable[[], ObjectTransform], tuple[bytes, ...], bool]
+# `aside`, made by `make_aside`): (what makes it fresh, the stops its fresh `deferral_stops()`
+# gives, whether ``\\u`` is one, and whether it may be set aside: its stops are a byte each).
+Aside = tuple[Callable[[], ObjectTransform], tuple[bytes, ...], bool, bool]
+
+
+def make_aside(make: Callable[[], ObjectTransform]) -> Aside | None:
+    """The `aside` of an SSE rewriter (`SSEStreamRewriter`) for the transform `make` makes
+    fresh, worked out once for the many rewriters that take it (`Aside`): None when a fresh
+    one has no `deferral_stops` (then it cannot be set aside: put it in the chain)."""
+    stops_of = getattr(make(), "deferral_stops", None)
+    got = stops_of() if stops_of is not None else None
+    if got is None:
+        return None
+    stops, escape = got
+    return make, stops, escape, _one_byte(stops)
 
 
 def _one_byte(stops: tuple[bytes, ...]) -> bool:
@@ -267,9 +279,10 @@ class SSEStreamRewriter:
     not decoded to learn where the text starts; the first piece that holds one gets it fed
     the stream so far (`_settle`) and back in the chain. `defer=False` keeps every transform
     in the chain from the start (the reference the tests compare against). `aside` gives that
-    first transform not made yet (`Aside`): it is made when a piece first holds one of its
-    stops, so that a stream which never concerns it never makes it (the gateway's think
-    rewrite, most streams: `rechat.gateway.Gateway.stream_rewriter`).
+    first transform not made yet (`Aside`, from `make_aside`): it is made when a piece first
+    holds one of its stops, so that a stream which never concerns it never makes it (the
+    gateway's think rewrite, most streams: `rechat.gateway.Gateway.stream_rewriter`); with
+    stops longer than a byte, or `defer` False, it is made at once.
     """
 
     # One is made per streamed answer: slots make making one, and reading its state, cheaper.
@@ -283,27 +296,25 @@ class SSEStreamRewriter:
         # The first transform, set aside while no piece concerns it (see `_settle`), or what
         # makes it (`aside`, not made yet), with its one-byte stops and whether ``\\u`` is one;
         # the pieces it has not seen (a list exactly while one is set aside, else None).
+        # (Each slot is set once: one rewriter is made per streamed answer.)
         self._aside: ObjectTransform | None = None
-        self._aside_make: Callable[[], ObjectTransform] | None = None
-        self._aside_stops: tuple[bytes, ...] = ()
-        self._aside_escape = False
-        self._history: list[bytes] | None = None
-        if aside is not None:
-            make, stops, escape = aside
-            if defer and _one_byte(stops):
-                self._aside_make = make
-                self._aside_stops, self._aside_escape = stops, escape
-                self._history = []
-            else:
-                self.transforms.insert(0, make())
+        if aside is not None and defer and aside[3]:
+            self._aside_make, self._aside_stops, self._aside_escape, _ = aside
+            self._history: list[bytes] | None = []
         else:
-            stops_of = (getattr(self.transforms[0], "deferral_stops", None)
-                        if defer and self.transforms else None)
-            got = stops_of() if stops_of is not None else None
-            if got is not None and _one_byte(got[0]):
-                self._aside = self.transforms.pop(0)
-                self._aside_stops, self._aside_escape = got
-                self._history = []
+            self._aside_make: Callable[[], ObjectTransform] | None = None
+            self._aside_stops: tuple[bytes, ...] = ()
+            self._aside_escape = False
+            self._history = None
+            if aside is not None:
+                self.transforms.insert(0, aside[0]())
+            elif defer and self.transforms:
+                stops_of = getattr(self.transforms[0], "deferral_stops", None)
+                got = stops_of() if stops_of is not None else None
+                if got is not None and _one_byte(got[0]):
+                    self._aside = self.transforms.pop(0)
+                    self._aside_stops, self._aside_escape = got
+                    self._history = []
         # See _feed_events, which works them out on first use: a stream whose pieces are one
         # event each takes the fused path and never needs them.
         self._many: list | None = None

@@ -15,7 +15,8 @@ import pytest
 from answer_streams import (CLOSE, OPEN, SSE_CONTENTS, by_events, byte_by_byte, chat_stream, relayed,
                             chunk, content_of, events, nd_content, ollama_chat, run_sse, sse)
 from rechat.modelmap import ModelRestore
-from rechat.rewrite import NDJSONStreamRewriter, SSEStreamRewriter, rewrite_json, stream_rewriter
+from rechat.rewrite import (NDJSONStreamRewriter, SSEStreamRewriter, make_aside, rewrite_json,
+                            stream_rewriter)
 from rechat.sse import SSEParser
 from rechat.think import ThinkTransform
 
@@ -472,8 +473,9 @@ def _aside(mode: str, made: list):
     def make():
         made.append(1)
         return ThinkTransform(mode)
-    stops, escape = ThinkTransform(mode).deferral_stops()
-    return make, stops, escape
+    aside = make_aside(make)
+    made.clear()  # (make_aside made one to learn its stops)
+    return aside
 
 
 @pytest.mark.parametrize("chain", ["strip+restore", "tags+restore", "strip", "restore-asked"])
@@ -504,19 +506,27 @@ def test_a_transform_not_made_yet_gives_the_bytes_of_one_made_at_once(name, chai
         assert len(made) == (1 if b"<" in data or b"\\u" in data else 0), way
 
 
+class _LongStops(ThinkTransform):
+    """A think rewrite whose deferral stops are longer than a byte."""
+
+    def deferral_stops(self):
+        return (b"<t",), super().deferral_stops()[1]
+
+
 def test_a_transform_not_made_yet_with_stops_longer_than_a_byte_is_made_at_once():
     made: list = []
-    make, _, escape = _aside("strip", made)
+    aside = make_aside(lambda: made.append(1) or _LongStops("strip"))
+    assert aside is not None and aside[1] == (b"<t",) and not aside[3]
+    made.clear()
     data = chat_stream(["Hi", " <think>x</think>", " there"])
-    rw = SSEStreamRewriter([], aside=(make, (b"<t",), escape))
+    rw = SSEStreamRewriter([], aside=aside)
     assert len(made) == 1 and len(rw.transforms) == 1
     assert rw.feed(data) + rw.close() == byte_by_byte(data, [ThinkTransform("strip")])
     # defer=False makes it at once too, and NDJSON streams have no set-aside.
-    made.clear()
-    SSEStreamRewriter([], defer=False, aside=_aside("strip", made))
+    SSEStreamRewriter([], defer=False, aside=_aside("strip", made))  # (_aside clears `made`)
     assert len(made) == 1
     lines = ollama_chat(["<think>a</think>", "Hi"])
     ndjson = stream_rewriter("application/x-ndjson", [], _aside("strip", made))
-    assert isinstance(ndjson, NDJSONStreamRewriter) and len(made) == 2
+    assert isinstance(ndjson, NDJSONStreamRewriter) and len(made) == 1
     want = NDJSONStreamRewriter([ThinkTransform("strip")])
     assert ndjson.feed(lines) + ndjson.close() == want.feed(lines) + want.close()
