@@ -255,23 +255,26 @@ line_end(const char *s, Py_ssize_t from, Py_ssize_t n, int key)
 {
     Py_ssize_t i = from;
 #if defined(__SSE2__)
-    const __m128i nl = _mm_set1_epi8('\n'), m = _mm_set1_epi8('m'), l = _mm_set1_epi8('l');
+    /* (Without `key`, NUL stands for the m: a place it marks fails the compare with KEY.) */
+    const __m128i m = _mm_set1_epi8(key ? 'm' : 0), l = _mm_set1_epi8('l');
+    const __m128i nl = _mm_set1_epi8('\n');
     for (; i + 22 <= n; i += 16) {  /* the places i..i+15, each with its 7 bytes in s */
-        __m128i a = _mm_loadu_si128((const __m128i *)(s + i));
-        unsigned int lf = (unsigned int)_mm_movemask_epi8(_mm_cmpeq_epi8(a, nl));
-        if (key) {
-            __m128i b = _mm_loadu_si128((const __m128i *)(s + i + 1));
-            __m128i c = _mm_loadu_si128((const __m128i *)(s + i + 5));
-            unsigned int mask = (unsigned int)_mm_movemask_epi8(
-                _mm_and_si128(_mm_cmpeq_epi8(b, m), _mm_cmpeq_epi8(c, l)));
-            if (lf)  /* only places before the LF: a key holds no LF */
-                mask &= (1u << __builtin_ctz(lf)) - 1;
-            while (mask) {
-                int bit = __builtin_ctz(mask);
-                if (memcmp(s + i + bit, KEY, KEY_LEN) == 0)
-                    return -2;
-                mask &= mask - 1;
-            }
+        __m128i a = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(s + i)), nl);
+        __m128i b = _mm_and_si128(
+            _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(s + i + 1)), m),
+            _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(s + i + 5)), l));
+        /* One test per 16 places for the usual case, neither a LF nor a key's m and l. */
+        if (!_mm_movemask_epi8(_mm_or_si128(a, b)))
+            continue;
+        unsigned int lf = (unsigned int)_mm_movemask_epi8(a);
+        unsigned int mask = (unsigned int)_mm_movemask_epi8(b);
+        if (lf)  /* only places before the LF: a key holds no LF */
+            mask &= (1u << __builtin_ctz(lf)) - 1;
+        while (mask) {
+            int bit = __builtin_ctz(mask);
+            if (memcmp(s + i + bit, KEY, KEY_LEN) == 0)
+                return -2;
+            mask &= mask - 1;
         }
         if (lf)
             return i + __builtin_ctz(lf);
