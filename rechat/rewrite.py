@@ -571,17 +571,18 @@ class SSEStreamRewriter:
         new, n = head, count - 1 if done else count
         if n:
             many_of = self._many
-            if many_of is None and len(self.transforms) == 1:
-                # One transform (the usual chain): its own, without making the list.
-                many = getattr(self.transforms[0], "feed_raw_events", None)
-                many_of = (many,) if many is not None else None
-            if many_of is None:
-                many_of = self._many = [_raw_events_of(t) for t in self.transforms]
-            for many in many_of:
-                new = many(new, n)
-                if new is None:
-                    break
+            transforms = self.transforms
+            if many_of is None and len(transforms) == 1 and (
+                    many := getattr(transforms[0], "feed_raw_events", None)) is not None:
+                new = many(head, n)  # one transform (the usual chain): without making the list
             else:
+                if many_of is None:
+                    many_of = self._many = [_raw_events_of(t) for t in transforms]
+                for many in many_of:
+                    new = many(new, n)
+                    if new is None:
+                        break
+            if new is not None:
                 return self._before_done(new) if done else new
         out = []
         values = head[6:-2].split(b"\n\ndata: ")
@@ -782,11 +783,11 @@ class SSEStreamRewriter:
         return out[:-14] + ends + _DONE if ends else out
 
     def _end(self) -> bytes:
+        """The bytes of the transforms' `end()` objects, as events; they are ended after it."""
         self._ended = True
-        if len(self.transforms) == 1:  # (one call less than through _chain_end)
-            objs = self.transforms[0].end()
-        else:
-            objs = _chain_end(self.transforms)  # mostly none: every stream ends here
+        transforms = self.transforms
+        # (one transform, the usual chain: one call less than through _chain_end)
+        objs = transforms[0].end() if len(transforms) == 1 else _chain_end(transforms)
         return b"".join([b"data: " + _dumps(o) + b"\n\n" for o in objs]) if objs else b""
 
 
