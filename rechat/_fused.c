@@ -89,6 +89,13 @@ find_key(const char *s, Py_ssize_t n)
     return j < 0 ? -1 : i + j;
 }
 
+/* Whether the m bytes at p are the key. */
+static int
+is_key(const char *p, Py_ssize_t m)
+{
+    return m == KEY_LEN && memcmp(p, KEY, KEY_LEN) == 0;
+}
+
 /* Whether s[0:n] holds `stop` (m bytes). An empty stop is taken as held (the caller then
    takes the general path): Python's partition would raise for one. One byte: memchr; two:
    memchr for the first, then the second; the key: its kept table; longer: Horspool. */
@@ -112,7 +119,7 @@ holds(const char *s, Py_ssize_t n, const char *stop, Py_ssize_t m)
         }
         return 0;
     }
-    if (m == KEY_LEN && memcmp(p, KEY, KEY_LEN) == 0)
+    if (is_key(stop, m))
         return find_key(s, n) >= 0;
     if (m > 255)
         return memmem(s, (size_t)n, p, (size_t)m) != NULL;
@@ -174,26 +181,18 @@ holds_any(const char *s, Py_ssize_t n, PyObject *stops, int slash)
     return 0;
 }
 
-/* Whether the n bytes at s are one event the plan takes, its stops aside: ``data:
-   {...}\n\n`` starting with its head, no other LF (unless `lf_known`: the caller found its
-   first LF at n - 2), no tail stop after the head (those that start with a backslash only
-   when `slash`). */
-static int
-takes_one(const char *s, Py_ssize_t n, const Plan *pl, int slash, int lf_known)
-{
-    return n >= pl->h + 3 && memcmp(s, pl->head, (size_t)pl->h) == 0
-        && s[n - 3] == '}' && s[n - 2] == '\n' && s[n - 1] == '\n'
-        && (lf_known || memchr(s, '\n', (size_t)(n - 2)) == NULL)
-        && !holds_any(s + pl->h, n - pl->h, pl->tail, slash);
-}
-
-/* Whether the n bytes at s are one event the plan takes: as `takes_one`, and none of its
-   stops anywhere. */
+/* Whether the n bytes at s are one event the plan takes: ``data: {...}\n\n`` starting with
+   its head, no other LF, none of its stops, no tail stop after the head. */
 static int
 takes(const char *s, Py_ssize_t n, const Plan *pl)
 {
+    if (n < pl->h + 3 || memcmp(s, pl->head, (size_t)pl->h) != 0
+            || s[n - 3] != '}' || s[n - 2] != '\n' || s[n - 1] != '\n'
+            || memchr(s, '\n', (size_t)(n - 2)) != NULL)
+        return 0;
     int slash = memchr(s, '\\', (size_t)n) != NULL;
-    return !holds_any(s, n, pl->stops, slash) && takes_one(s, n, pl, slash, 0);
+    return !holds_any(s, n, pl->stops, slash)
+        && !holds_any(s + pl->h, n - pl->h, pl->tail, slash);
 }
 
 PyDoc_STRVAR(event_doc,
@@ -314,17 +313,19 @@ events_under(PyObject *data, const char *s, Py_ssize_t n, Py_ssize_t count, cons
     int slash = memchr(s, '\\', (size_t)n) != NULL;
     if (holds_any(s, n, pl->stops, slash))
         Py_RETURN_NONE;
-    /* The tail stops: the key by line_end, the others (those that start with a backslash
-       only when there is one) by holds. */
+    /* The tail stops: the key by line_end; when another can occur (those that start with a
+       backslash only where there is one), all by holds_any (the key again: the rare case). */
     int key = 0, others = 0;
     for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(pl->tail); j++) {
         PyObject *stop = PyTuple_GET_ITEM(pl->tail, j);
-        if (PyBytes_GET_SIZE(stop) == KEY_LEN && memcmp(PyBytes_AS_STRING(stop), KEY, KEY_LEN) == 0)
+        const char *p = PyBytes_AS_STRING(stop);
+        Py_ssize_t m = PyBytes_GET_SIZE(stop);
+        if (is_key(p, m))
             key = 1;
-        else if (slash || PyBytes_GET_SIZE(stop) == 0 || PyBytes_AS_STRING(stop)[0] != '\\')
+        else if (slash || m == 0 || p[0] != '\\')
             others = 1;
     }
-    /* A head with a LF: each event would end inside it, as no event can (see takes_one). */
+    /* A head with a LF: each event would end inside it, as no event can (see takes). */
     if (memchr(pl->head, '\n', (size_t)h) != NULL)
         Py_RETURN_NONE;
     /* Each event: the head, then its first LF, which must be the first of its blank line,
@@ -338,18 +339,8 @@ events_under(PyObject *data, const char *s, Py_ssize_t n, Py_ssize_t count, cons
         if (lf < pos + h + 1 || lf + 1 >= n || s[lf + 1] != '\n' || s[lf - 1] != '}')
             Py_RETURN_NONE;
         Py_ssize_t end = lf + 2;
-        if (others) {
-            PyObject *tail = pl->tail;
-            for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(tail); j++) {
-                PyObject *stop = PyTuple_GET_ITEM(tail, j);
-                const char *p = PyBytes_AS_STRING(stop);
-                Py_ssize_t m = PyBytes_GET_SIZE(stop);
-                if (!(m == KEY_LEN && memcmp(p, KEY, KEY_LEN) == 0)
-                        && (slash || m == 0 || p[0] != '\\')
-                        && holds(s + pos + h, end - pos - h, p, m))
-                    Py_RETURN_NONE;
-            }
-        }
+        if (others && holds_any(s + pos + h, end - pos - h, pl->tail, slash))
+            Py_RETURN_NONE;
         if (c < 64)
             ends[c] = end;
         pos = end;
