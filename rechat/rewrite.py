@@ -198,12 +198,17 @@ def make_aside(make: Callable[[], ObjectTransform]) -> Aside | None:
     """The `aside` of an SSE rewriter (`SSEStreamRewriter`) for the transform `make` makes
     fresh, worked out once for the many rewriters that take it (`Aside`): None when a fresh
     one has no `deferral_stops` (then it cannot be set aside: put it in the chain)."""
-    stops_of = getattr(make(), "deferral_stops", None)
-    got = stops_of() if stops_of is not None else None
+    got = _deferral_stops(make())
     if got is None:
         return None
     stops, escape = got
     return make, stops, escape, _one_byte(stops)
+
+
+def _deferral_stops(t: ObjectTransform) -> tuple[tuple[bytes, ...], bool] | None:
+    # `t.deferral_stops()`, or None when it has none (the method is optional).
+    stops_of = getattr(t, "deferral_stops", None)
+    return stops_of() if stops_of is not None else None
 
 
 def _one_byte(stops: tuple[bytes, ...]) -> bool:
@@ -309,8 +314,7 @@ class SSEStreamRewriter:
             if aside is not None:
                 self.transforms.insert(0, aside[0]())
             elif defer and self.transforms:
-                stops_of = getattr(self.transforms[0], "deferral_stops", None)
-                got = stops_of() if stops_of is not None else None
+                got = _deferral_stops(self.transforms[0])
                 if got is not None and _one_byte(got[0]):
                     self._aside = self.transforms.pop(0)
                     self._aside_stops, self._aside_escape = got
